@@ -1,0 +1,127 @@
+"""FedAvg (McMahan et al. 2017): synchronous rounds, with a deadline and over-selection.
+
+Each round samples a cohort from the idle clients and waits until the cohort has reported, or until
+``deadline_s`` passes. With ``over_selection = x`` it dispatches ``ceil(cohort·(1+x))`` clients, keeps
+the first ``cohort_size`` reports and cancels the rest (Bonawitz et al. 2019). Reports after the round
+closed are recorded as ``late``; a round with fewer than ``min_fraction·cohort_size`` reports is
+``abandoned`` (model unchanged).
+
+    w ← w + η_g · Σ_i q_i Δ_i,   q_i = n_i / Σ_j n_j   (or 1/m with weighting: uniform)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from typing import Any, Literal
+
+import simpy
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.clients import Job
+from fedsim.config_base import Section
+
+
+class FedAvgConfig(Section):
+    """Synchronous federated averaging."""
+
+    name: Literal["fedavg"] = "fedavg"
+    cohort_size: PositiveInt = 10
+    """Clients whose reports are averaged each round."""
+    deadline_s: PositiveFloat | None = None
+    """Round deadline in simulated seconds; reports after it are recorded as late. null = wait for all."""
+    over_selection: float = Field(0.0, ge=0)
+    """Dispatch ceil(cohort_size·(1+x)) clients, keep the first cohort_size reports, cancel the rest."""
+    min_fraction: float = Field(0.0, ge=0, le=1)
+    """A round with fewer than min_fraction·cohort_size reports is abandoned (model unchanged)."""
+    server_lr: PositiveFloat = 1.0
+    """Server learning rate η_g applied to the averaged update (1 = classic FedAvg)."""
+    weighting: Literal["data_size", "uniform"] = "data_size"
+    """Weights of the reports: by the client's number of samples, or equal."""
+
+
+class FedAvg(Algorithm):
+    name = "fedavg"
+    config_class = FedAvgConfig
+    config: FedAvgConfig
+
+    def __init__(self, config: FedAvgConfig, sim: Any) -> None:
+        super().__init__(config, sim)
+        self.round = 0
+        self.reports: list[Job] = []
+        self.finished = 0
+        self.expected = 0
+        self.round_done: simpy.Event | None = None
+
+    def run(self) -> Generator[simpy.Event, Any, None]:
+        cfg = self.config
+        n_select = math.ceil(cfg.cohort_size * (1 + cfg.over_selection) - 1e-9)
+        while True:
+            yield self.pool.wait_idle()
+            self.round += 1
+            self.reports, self.finished = [], 0
+            self.round_done = self.env.event()
+            jobs = self.dispatch_idle(n_select)
+            self.expected = len(jobs)
+            for job in jobs:
+                job.tag = self.round
+            if cfg.deadline_s is None:
+                yield self.round_done
+            else:
+                yield self.round_done | self.env.timeout(cfg.deadline_s)
+            self.round_done = None  # the round is closed: later reports are late
+            self.close_round(jobs)
+
+    def on_arrival(self, job: Job) -> None:
+        if self.round_done is None or job.tag != self.round:
+            self.record(job, "late")
+            return
+        self.reports.append(job)
+        self._count_finished()
+
+    def on_dropped(self, job: Job) -> None:
+        self.record(job, "dropped")
+        if self.round_done is not None and job.tag == self.round:
+            self._count_finished()
+
+    def _count_finished(self) -> None:
+        self.finished += 1
+        enough = len(self.reports) >= self.config.cohort_size
+        if (enough or self.finished == self.expected) and not self.round_done.triggered:
+            self.round_done.succeed()
+
+    def close_round(self, jobs: list[Job]) -> None:
+        cfg = self.config
+        accepted = self.reports[: cfg.cohort_size]
+        if len(accepted) >= cfg.cohort_size:
+            for job in jobs:
+                if job.open:
+                    self.pool.cancel(job)
+                    self.record(job, "cancelled")
+        if not accepted or len(accepted) < cfg.min_fraction * cfg.cohort_size:
+            for job in accepted:
+                self.record(job, "abandoned")
+            return
+        if not self.learning:
+            for job in accepted:
+                self.record(job, "applied")
+            self.publish(None)
+            return
+        deltas, kept = [], []
+        for job in accepted:
+            delta = self.delta(job)
+            if delta is not None:
+                deltas.append(delta)
+                kept.append(job)
+        if not kept:
+            return
+        if cfg.weighting == "uniform":
+            raw = [1.0] * len(kept)
+        else:
+            raw = [float(self.sim.client_sizes[job.client]) for job in kept]
+        total = sum(raw)
+        average = weighted_sum(deltas, [r / total for r in raw])
+        for job in kept:
+            self.record(job, "applied")
+        self.publish(self.server.params + cfg.server_lr * average)

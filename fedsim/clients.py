@@ -1,0 +1,166 @@
+"""Clients and their jobs: who is idle, how long a job takes, and when its update arrives.
+
+A job is one client's round trip: download the model, compute, upload the update. Its three phases
+are drawn from the timing model when it is dispatched and scheduled as ONE SimPy timeout (one event
+per job is what lets a timing-only run reach a million updates), after which the algorithm's
+``on_arrival`` (or ``on_dropped``) callback runs. Training is submitted to the trainer at dispatch and
+only computed when the algorithm asks for the update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import simpy
+import torch
+
+from fedsim.learning.trainer import TrainHandle, TrainJob, Trainer
+from fedsim.rng import BlockSampler, SeedStreams
+from fedsim.timing import ClientTiming
+
+
+class Job:
+    """One dispatched piece of local work and everything the trace needs to know about it."""
+
+    __slots__ = (
+        "arrival_version",
+        "arrived_at",
+        "base_version",
+        "client",
+        "comm_s",
+        "compute_s",
+        "dispatched_at",
+        "dropped",
+        "handle",
+        "id",
+        "open",
+        "server",
+        "start",
+        "tag",
+    )
+
+    def __init__(self, job_id: int, client: int, server: int, base_version: int, now: float):
+        self.id = job_id
+        self.client = client
+        self.server = server
+        self.base_version = base_version
+        self.dispatched_at = now
+        self.arrived_at = now
+        self.arrival_version = base_version
+        self.compute_s = 0.0
+        self.comm_s = 0.0
+        self.dropped = False
+        self.open = True  # False once the job has arrived, was dropped or was cancelled
+        self.handle: TrainHandle | None = None
+        self.start: torch.Tensor | None = None
+        self.tag: object = None  # free for the algorithm (e.g. FedAvg's round number)
+
+
+ArrivalCallback = Callable[[Job], None]
+
+
+class ClientPool:
+    """The client population: idle clients, dispatch, cancellation.
+
+    Idle clients are kept in a list; a random one is taken by swapping it with the last entry, so
+    picking is O(1) and depends only on the sampling stream (never on set iteration order).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        n_clients: int,
+        timing: ClientTiming,
+        trainer: Trainer | None,
+        streams: SeedStreams,
+    ) -> None:
+        self.env = env
+        self.n_clients = n_clients
+        self.timing = timing
+        self.trainer = trainer
+        self.streams = streams
+        self.idle: list[int] = list(range(n_clients))
+        self._pick_u = BlockSampler(streams.generator("sampling.clients").random)
+        self._next_job = 0
+        self.in_flight = 0
+        self._idle_waiters: list[simpy.Event] = []
+
+    # -- choosing clients ---------------------------------------------------------------------------
+    def take_idle(self) -> int:
+        """Remove and return a uniformly chosen idle client."""
+        idle = self.idle
+        i = int(self._pick_u() * len(idle))
+        client = idle[i]
+        idle[i] = idle[-1]
+        idle.pop()
+        return client
+
+    def sample(self, k: int) -> list[int]:
+        """``min(k, idle)`` distinct idle clients, uniformly, in draw order (they stop being idle)."""
+        return [self.take_idle() for _ in range(min(k, len(self.idle)))]
+
+    def wait_idle(self) -> simpy.Event:
+        """An event that fires the next time a client becomes idle (now, if one is)."""
+        event = self.env.event()
+        if self.idle:
+            event.succeed()
+        else:
+            self._idle_waiters.append(event)
+        return event
+
+    def _release(self, client: int) -> None:
+        self.idle.append(client)
+        if self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for event in waiters:
+                event.succeed()
+
+    # -- jobs ------------------------------------------------------------------------------------------
+    def dispatch(
+        self,
+        client: int,
+        server: int,
+        base_version: int,
+        params: torch.Tensor | None,
+        on_arrival: ArrivalCallback,
+        on_dropped: ArrivalCallback,
+    ) -> Job:
+        """Start a job for ``client`` (already taken from the idle list) from model ``params``."""
+        env, timing = self.env, self.timing
+        job = Job(self._next_job, client, server, base_version, env.now)
+        self._next_job += 1
+        job.compute_s = compute = timing.compute_s(client)
+        job.dropped = dropped = timing.dropped()
+        if dropped:
+            job.comm_s = timing.down_s
+            delay = timing.down_s + compute
+        else:
+            job.comm_s = timing.down_s + timing.up_s
+            delay = job.comm_s + compute
+            if self.trainer is not None and params is not None:
+                job.start = params
+                seed = self.streams.sequence("training.job", job.id)
+                job.handle = self.trainer.submit(TrainJob(job.id, client, params, seed))
+        self.in_flight += 1
+        callback = on_dropped if dropped else on_arrival
+        env.timeout(delay).callbacks.append(lambda _event: self._finish(job, callback))
+        return job
+
+    def _finish(self, job: Job, callback: ArrivalCallback) -> None:
+        if not job.open:  # cancelled while in flight
+            return
+        job.open = False
+        job.arrived_at = self.env.now
+        self.in_flight -= 1
+        self._release(job.client)
+        callback(job)
+
+    def cancel(self, job: Job) -> None:
+        """Stop an in-flight job now: its client is free again and its update will never arrive."""
+        if job.open:
+            job.open = False
+            job.arrived_at = self.env.now
+            job.handle = None
+            job.start = None
+            self.in_flight -= 1
+            self._release(job.client)

@@ -1,0 +1,1 @@
+"""Datasets, partitions, models as flat parameter vectors, and trainers."""

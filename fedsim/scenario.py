@@ -1,0 +1,354 @@
+"""The scenario: a YAML file validated once, at the edge, into frozen typed models.
+
+Unknown keys are errors (with the closest known key suggested), every key has a default and a
+docstring (the scenario reference in ``docs/`` is generated from them), and every error names the key
+path and the bad value in one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+
+from fedsim.algorithms import AlgorithmConfig
+from fedsim.algorithms.fedasync import FedAsyncConfig
+from fedsim.config_base import Section
+from fedsim.errors import ScenarioError
+from fedsim.learning.data import DataConfig
+from fedsim.learning.models import ModelConfig
+from fedsim.learning.trainer import TrainingConfig
+from fedsim.timing import (
+    DelayLaw,
+    DropoutConfig,
+    ExponentialDelay,
+    Heterogeneity,
+    NetworkConfig,
+    NoHeterogeneity,
+    StragglerConfig,
+)
+
+
+class StopConfig(Section):
+    """When the run ends: whichever condition is met first."""
+
+    time_s: PositiveFloat | None = 600.0
+    """Simulated-time horizon, in seconds."""
+    max_updates: PositiveInt | None = None
+    """Stop after this many client updates were accepted (applied or buffered)."""
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+    """Stop at the first evaluation reaching this test accuracy."""
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> StopConfig:
+        if self.time_s is None and self.max_updates is None and self.target_accuracy is None:
+            raise ValueError("set at least one of time_s, max_updates, target_accuracy")
+        return self
+
+
+class ClientsConfig(Section):
+    """The client population and its timing."""
+
+    count: PositiveInt = 100
+    """Number of clients."""
+    compute: DelayLaw = Field(default_factory=ExponentialDelay)
+    """Per-job compute time law (seconds): constant | exponential | lognormal | uniform |
+    shifted_exponential | pareto."""
+    heterogeneity: Heterogeneity = Field(default_factory=NoHeterogeneity)
+    """Fixed per-client speed multiplier: none | lognormal | uniform | classes | linear."""
+    stragglers: StragglerConfig = Field(default_factory=StragglerConfig)
+    """Slow clients (a fixed subset) and slow jobs (a per-job chance)."""
+    dropout: DropoutConfig = Field(default_factory=DropoutConfig)
+    """Jobs lost with no update."""
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    """Transfer time of the model, each way."""
+
+
+class EvalConfig(Section):
+    """Evaluation of the global model on the held-out set (costs no simulated time)."""
+
+    every_s: PositiveFloat = 10.0
+    """Simulated seconds between evaluations (one more is made at the end)."""
+
+
+class OutputConfig(Section):
+    """Where the run directory goes."""
+
+    dir: str = "runs/{name}"
+    """Run directory; ``{name}`` is replaced by the scenario name."""
+    flush_rows: PositiveInt = 200_000
+    """Trace rows kept in memory before a chunk is written to disk."""
+
+
+def _training_none(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    return value
+
+
+class Scenario(Section):
+    """A complete, validated simulation scenario."""
+
+    name: str = "scenario"
+    """Name of the scenario (used in the run directory and plot titles)."""
+    seed: int | None = Field(0, ge=0)
+    """Root seed of every random stream; null draws one (and records it)."""
+    stop: StopConfig = Field(default_factory=StopConfig)
+    """Stop conditions."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Dataset and partition."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Model trained by every client."""
+    training: TrainingConfig | None = Field(default_factory=TrainingConfig)
+    """Local training; ``none`` for a timing-only run (no model, no data)."""
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    """Clients and their timing."""
+    algorithm: Annotated[AlgorithmConfig, Field(discriminator="name")] = Field(
+        default_factory=FedAsyncConfig
+    )
+    """Federated algorithm (name + its parameters)."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation schedule."""
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    """Output location."""
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _none_means_timing_only(cls, value: Any) -> Any:
+        return _training_none(value)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Scenario:
+        algo = self.algorithm
+        if algo.name == "fedbuff" and algo.buffer_size > algo.concurrency and algo.dispatch_policy == "after_aggregation":
+            raise ValueError(
+                f"algorithm.buffer_size ({algo.buffer_size}) > concurrency ({algo.concurrency}) "
+                "with dispatch_policy after_aggregation never fills the buffer"
+            )
+        return self
+
+    # -- derived -----------------------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir.replace("{name}", self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key, defaults filled, in YAML-ready form (re-loading it gives the same scenario)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        if data["training"] is None:
+            data["training"] = "none"
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """Content hash of everything that affects results (the output section excluded)."""
+        data = self.to_dict()
+        data.pop("output", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading, overrides, and error messages
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"scenario file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        raise ScenarioError(f"{path}: YAML syntax error at {where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: YAML error: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: a scenario must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"clients.count=50"`` → ``("clients.count", 50)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ScenarioError(f"override must look like key.path=value, got {text!r}")
+    path, raw = text.split("=", 1)
+    path = path.strip()
+    if not path:
+        raise ScenarioError(f"override has an empty key path: {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted key paths in a nested dict (a copy). Paths are checked by validation afterwards."""
+    result = json.loads(json.dumps(data))
+    for path, value in overrides.items():
+        node = result
+        parts = path.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None or (isinstance(child, str) and part == "training"):
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ScenarioError(f"cannot set {path}: {where} is not a section", path=path)
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def load_scenario(
+    source: str | Path | Mapping[str, Any] | Scenario,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+) -> Scenario:
+    """A validated Scenario from a path, a dict or a Scenario, with dotted-path overrides."""
+    if isinstance(source, Scenario):
+        data = source.to_dict()
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        data = read_yaml(source)
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            overrides = dict(parse_override(o) for o in overrides)
+        data = apply_overrides(data, overrides)
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise scenario_error(exc, data) from None
+
+
+def scenario_error(exc: ValidationError, data: Any) -> ScenarioError:
+    """The first validation error as a one-line ScenarioError naming the key path and value."""
+    err = exc.errors(include_url=False)[0]
+    path, node = _user_path(err["loc"], data)
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        key = path.rsplit(".", 1)[-1]
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        known = _known_keys(parent, data)
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return ScenarioError(f"unknown key{hint} (known: {', '.join(known)})", path=path, value=key)
+    if kind == "union_tag_invalid":
+        tags = ctx.get("expected_tags", "")
+        tag_key = ctx.get("discriminator", "").strip("'")
+        full = f"{path}.{tag_key}" if path else tag_key
+        return ScenarioError(
+            f"unknown name {ctx.get('tag')!r}; known: {tags.replace(chr(39), '')}", path=full
+        )
+    if kind == "union_tag_not_found":
+        tag_key = ctx.get("discriminator", "").strip("'")
+        return ScenarioError(f"missing key {tag_key!r}", path=path)
+    messages = {
+        "greater_than": lambda: f"must be > {ctx.get('gt')}",
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
+        "less_than": lambda: f"must be < {ctx.get('lt')}",
+        "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
+        "literal_error": lambda: f"must be one of {ctx.get('expected', '').replace(chr(39), '')}",
+        "int_parsing": lambda: "must be an integer",
+        "int_from_float": lambda: "must be an integer",
+        "float_parsing": lambda: "must be a number",
+        "float_type": lambda: "must be a number",
+        "int_type": lambda: "must be an integer",
+        "bool_parsing": lambda: "must be true or false",
+        "string_type": lambda: "must be a string",
+        "list_type": lambda: "must be a list",
+        "model_type": lambda: "must be a mapping of keys",
+        "model_attributes_type": lambda: "must be a mapping of keys",
+        "dict_type": lambda: "must be a mapping of keys",
+        "finite_number": lambda: "must be a finite number",
+    }
+    if kind in messages:
+        message = messages[kind]()
+    else:
+        message = str(err["msg"])
+        message = message.removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+    shown = _show(value)
+    suffix = "" if kind == "value_error" or shown is None else f", got {shown}"
+    return ScenarioError(f"{message}{suffix}", path=path or None, value=value)
+
+
+def _show(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return None
+    text = json.dumps(value) if isinstance(value, (str, type(None))) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _user_path(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
+    """The key path the user wrote: ``loc`` without pydantic's union-member and tag entries."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(node, dict) and item in node:
+            parts.append(str(item))
+            node = node[item]
+        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
+            parts.append(str(item))
+            node = node[item]
+    return ".".join(parts), node
+
+
+def _known_keys(parent_path: str, data: Any) -> list[str]:
+    """Field names (by alias) of the section at ``parent_path`` of the scenario."""
+    model: Any = Scenario
+    node = data
+    for part in [p for p in parent_path.split(".") if p]:
+        node = node.get(part) if isinstance(node, dict) else None
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = _section_type(field.annotation, node)
+        if model is None:
+            return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _section_type(annotation: Any, node: Any) -> Any:
+    """The Section class of a field, choosing the union member that matches ``node``'s tag."""
+    import typing
+
+    candidates = []
+
+    def walk(t: Any) -> None:
+        origin = typing.get_origin(t)
+        if origin is typing.Annotated:
+            walk(typing.get_args(t)[0])
+        elif origin in (typing.Union, __import__("types").UnionType):
+            for arg in typing.get_args(t):
+                walk(arg)
+        elif isinstance(t, type) and issubclass(t, Section):
+            candidates.append(t)
+
+    walk(annotation)
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    for cls in candidates:
+        for tag in ("name", "dist", "kind"):
+            field = cls.model_fields.get(tag)
+            if field is not None and isinstance(node, dict) and node.get(tag) == field.default:
+                return cls
+    for cls in candidates:  # untagged input: the default member
+        for tag in ("name", "dist", "kind"):
+            field = cls.model_fields.get(tag)
+            if field is not None and isinstance(node, dict) and tag not in node:
+                return cls
+    return candidates[0]

@@ -1,0 +1,375 @@
+"""Building the world from a scenario and running it: the event loop, evaluation, stop conditions.
+
+Simulated time comes only from the timing models. Real compute (training, evaluation) happens inside
+event callbacks and never advances the clock, so the same scenario and seed give the same trace on
+any machine and with any trainer backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import simpy
+import torch
+
+from fedsim.algorithms import ALGORITHMS
+from fedsim.algorithms.base import ServerModel
+from fedsim.clients import ClientPool, Job
+from fedsim.errors import ScenarioError, SimulationError
+from fedsim.learning.data import dataset_info, load_federated
+from fedsim.learning.models import build_model, init_params
+from fedsim.learning.trainer import Evaluator, LocalTask, SequentialTrainer
+from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, read_table
+from fedsim.rng import SeedStreams
+from fedsim.scenario import Scenario, load_scenario
+from fedsim.timing import ClientTiming
+
+ACCEPTED = frozenset({"applied", "buffered"})
+PROGRESS_EVERY_ROWS = 4096
+
+
+class ProgressHook(Protocol):
+    """Receives the running simulation now and then (every few thousand events and every eval)."""
+
+    def __call__(self, sim: Simulation) -> None: ...
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None → CUDA when present, else CPU; anything else is taken as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ScenarioError(f"unknown device {device!r}: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ScenarioError("device cuda requested but CUDA is not available")
+    return resolved
+
+
+class Simulation:
+    """One run of one scenario: the world (clients, servers, trainer), its event loop and its trace."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        device: str | torch.device | None = None,
+        run_dir: Path | None = None,
+        progress: ProgressHook | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.device = resolve_device(device)
+        self.run_dir = run_dir
+        self.progress = progress
+        self.streams = SeedStreams(scenario.seed)
+        self.env = simpy.Environment()
+        self.learning = scenario.training is not None
+        n_clients = scenario.clients.count
+
+        info = dataset_info(scenario.data.dataset)
+        module, self.spec = build_model(scenario.model, info.in_features, info.n_classes)
+        model_bytes = self.spec.nbytes()
+        self.trainer = None
+        self.evaluator = None
+        params = None
+        if self.learning:
+            self.data = load_federated(scenario.data, n_clients, self.streams, self.device)
+            self.client_sizes = self.data.client_sizes
+            task = LocalTask(module, self.spec, self.data, scenario.training)
+            self.trainer = SequentialTrainer(task)
+            self.evaluator = Evaluator(module, self.spec, self.data)
+            params = init_params(self.spec, self.streams.torch_generator("model.init"))
+            params = params.to(self.device)
+        else:
+            self.client_sizes = np.ones(n_clients, dtype=int)
+
+        clients = scenario.clients
+        self.timing = ClientTiming(
+            compute=clients.compute,
+            heterogeneity=clients.heterogeneity,
+            stragglers=clients.stragglers,
+            dropout=clients.dropout,
+            network=clients.network,
+            n_clients=n_clients,
+            bytes_down=model_bytes,
+            bytes_up=model_bytes,
+            streams=self.streams,
+        )
+        self.pool = ClientPool(self.env, n_clients, self.timing, self.trainer, self.streams)
+        self.servers = [ServerModel(0, params)]
+        self.algorithm = ALGORITHMS[scenario.algorithm.name](scenario.algorithm, self)
+
+        chunk = scenario.output.flush_rows
+        self.events = TraceWriter(run_dir and run_dir / "events.parquet", EVENT_SCHEMA, chunk_rows=chunk)
+        self.evals = TraceWriter(run_dir and run_dir / "evals.parquet", EVAL_SCHEMA, chunk_rows=chunk)
+        self.updates = 0
+        self.rows = 0
+        self.status_counts: dict[str, int] = {}
+        self.staleness_sum = 0
+        self.rejected_models = 0
+        self.last_eval: dict[str, float] = {}
+        self.stop_event = self.env.event()
+        self.stop_reason = ""
+        self.time_to_target: float | None = None
+        self._started = 0.0
+
+    # -- recording -------------------------------------------------------------------------------------
+    def record_job(self, job: Job, status: str) -> None:
+        """Append one row to the events trace (hot path: keep it lean)."""
+        server = self.servers[job.server]
+        if job.open:  # still in flight (cancelled now): arrival fields describe this moment
+            arrival_version = server.version
+            at = self.env.now
+        else:
+            arrival_version = job.arrival_version
+            at = job.arrived_at
+        staleness = arrival_version - job.base_version
+        uploaded = status not in ("dropped", "cancelled")
+        timing = self.timing
+        self.events.append(
+            (
+                at,
+                job.client,
+                job.server,
+                job.id,
+                job.dispatched_at,
+                job.base_version,
+                arrival_version,
+                staleness,
+                job.compute_s,
+                job.comm_s,
+                status,
+                timing.bytes_up if uploaded else 0,
+                timing.bytes_down,
+            )
+        )
+        counts = self.status_counts
+        counts[status] = counts.get(status, 0) + 1
+        if status in ACCEPTED:
+            self.updates += 1
+            self.staleness_sum += staleness
+            limit = self.scenario.stop.max_updates
+            if limit is not None and self.updates >= limit:
+                self.stop("max_updates")
+        self.rows += 1
+        if self.progress is not None and self.rows % PROGRESS_EVERY_ROWS == 0:
+            self.progress(self)
+
+    def note_rejected_model(self) -> None:
+        self.rejected_models += 1
+
+    def stop(self, reason: str) -> None:
+        if not self.stop_event.triggered:
+            self.stop_reason = reason
+            self.stop_event.succeed()
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        for server in self.servers:
+            if self.evaluator is not None and server.params is not None:
+                accuracy, loss = self.evaluator(server.params)
+            else:
+                accuracy, loss = math.nan, math.nan
+            row = (
+                self.env.now,
+                time.perf_counter() - self._started,
+                server.index,
+                server.version,
+                self.updates,
+                accuracy,
+                loss,
+            )
+            self.evals.append(row)
+            self.last_eval = {"sim_time": self.env.now, "accuracy": accuracy, "loss": loss}
+            target = self.scenario.stop.target_accuracy
+            if target is not None and accuracy >= target:
+                if self.time_to_target is None:
+                    self.time_to_target = self.env.now
+                self.stop("target_accuracy")
+        if self.progress is not None:
+            self.progress(self)
+
+    def _evaluation_process(self):
+        every = self.scenario.eval.every_s
+        while True:
+            self.evaluate()
+            yield self.env.timeout(every)
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def run(self) -> Result:
+        self._started = time.perf_counter()
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "scenario.yaml").write_text(self.scenario.to_yaml())
+        env = self.env
+        horizon = self.scenario.stop.time_s
+        if horizon is not None:
+            env.timeout(horizon).callbacks.append(lambda _e: self.stop("time"))
+        env.process(self.algorithm.run())
+        env.process(self._evaluation_process())
+        try:
+            env.run(until=self.stop_event)
+        except RuntimeError as exc:
+            if "No scheduled events left" not in str(exc):
+                raise
+            self.stop_reason = "no_events_left"
+        except (ScenarioError, SimulationError):
+            raise
+        except Exception as exc:  # a failure inside the run: keep what was recorded, then report
+            self._finish_files()
+            raise SimulationError(f"run failed at simulated time {env.now:.3f}s: {exc!r}") from exc
+        if self.last_eval.get("sim_time") != env.now or not self.evals.total + len(self.evals.rows):
+            self.evaluate()
+        return self._finish()
+
+    def _finish_files(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return self.events.close(), self.evals.close()
+
+    def summary(self, wall_time_s: float) -> dict[str, Any]:
+        accepted = self.updates
+        evals_acc = self.last_eval.get("accuracy", math.nan)
+        return {
+            "name": self.scenario.name,
+            "scenario_hash": self.scenario.hash(),
+            "seed": self.scenario.seed,
+            "algorithm": self.scenario.algorithm.name,
+            "stop_reason": self.stop_reason,
+            "sim_time_s": self.env.now,
+            "wall_time_s": wall_time_s,
+            "updates": accepted,
+            "versions": self.servers[0].version,
+            "status_counts": dict(sorted(self.status_counts.items())),
+            "mean_staleness": self.staleness_sum / accepted if accepted else math.nan,
+            "final_accuracy": evals_acc,
+            "final_loss": self.last_eval.get("loss", math.nan),
+            "time_to_target_s": self.time_to_target,
+            "updates_per_wall_s": accepted / wall_time_s if wall_time_s > 0 else math.nan,
+            "jobs_trained": self.trainer.jobs_trained if self.trainer else 0,
+            "rejected_models": self.rejected_models,
+            "model_params": self.spec.numel,
+            "device": str(self.device),
+            "versions_of": _library_versions(),
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+        }
+
+    def _finish(self) -> Result:
+        events, evals = self._finish_files()
+        summary = self.summary(time.perf_counter() - self._started)
+        summary["best_accuracy"] = float(evals["accuracy"].max()) if len(evals) else math.nan
+        if self.run_dir is not None:
+            (self.run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+        return Result(self.scenario, events, evals, summary, self.run_dir)
+
+
+def _library_versions() -> dict[str, str]:
+    import pydantic
+
+    from fedsim import __version__
+
+    return {
+        "fedsim": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "simpy": simpy.__version__,
+        "pandas": pd.__version__,
+        "pydantic": pydantic.__version__,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class Result:
+    """What a run produced: the resolved scenario, the traces as DataFrames, and the summary."""
+
+    scenario: Scenario
+    events: pd.DataFrame
+    evals: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Result:
+        """Read a run directory back (also one a killed run left behind)."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "scenario.yaml").is_file():
+            raise ScenarioError(f"not a fedsim run directory (no scenario.yaml): {run_dir}")
+        scenario = load_scenario(run_dir / "scenario.yaml")
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        return cls(
+            scenario,
+            read_table(run_dir / "events.parquet"),
+            read_table(run_dir / "evals.parquet"),
+            summary,
+            run_dir,
+        )
+
+
+def run(
+    scenario: str | Path | Mapping[str, Any] | Scenario,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    *,
+    out: str | Path | None = None,
+    save: bool = True,
+    device: str | None = None,
+    progress: ProgressHook | None = None,
+    **keyword_overrides: Any,
+) -> Result:
+    """Run a scenario and return its :class:`Result`.
+
+    ``overrides`` maps dotted key paths to values (``{"clients.count": 50}``) or is a list of
+    ``"key.path=value"`` strings; keyword overrides use ``__`` for the dots
+    (``run("s.yaml", stop__time_s=60)``). ``save=False`` keeps everything in memory.
+    """
+    merged: dict[str, Any] = {}
+    if overrides:
+        if isinstance(overrides, Mapping):
+            merged.update(overrides)
+        else:
+            from fedsim.scenario import parse_override
+
+            merged.update(parse_override(o) for o in overrides)
+    merged.update({k.replace("__", "."): v for k, v in keyword_overrides.items()})
+    resolved = load_scenario(scenario, merged or None)
+    if resolved.seed is None:
+        drawn = int(np.random.SeedSequence().entropy % (2**63))
+        resolved = resolved.model_copy(update={"seed": drawn})
+    run_dir = None
+    if save:
+        run_dir = Path(out) if out is not None else resolved.run_dir
+        _clear_run_dir(run_dir)
+    return Simulation(resolved, device=device, run_dir=run_dir, progress=progress).run()
+
+
+RUN_FILES = ("events.parquet", "evals.parquet", "summary.json", "scenario.yaml")
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove a previous run's files from ``run_dir`` (never anything else)."""
+    if not run_dir.exists():
+        return
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / f"{name}.parts", ignore_errors=True)
+
+
+Callback = Callable[[Simulation], None]
