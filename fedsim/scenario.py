@@ -19,7 +19,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_v
 
 from fedsim.algorithms import AlgorithmConfig
 from fedsim.algorithms.fedasync import FedAsyncConfig
-from fedsim.config_base import Section
+from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
 from fedsim.learning.data import DataConfig
 from fedsim.learning.models import ModelConfig
@@ -109,7 +109,9 @@ class Scenario(Section):
     """Local training; ``none`` for a timing-only run (no model, no data)."""
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     """Clients and their timing."""
-    algorithm: Annotated[AlgorithmConfig, Field(discriminator="name")] = Field(
+    algorithm: Annotated[
+        AlgorithmConfig, Field(discriminator="name"), DefaultTag("name", "fedasync")
+    ] = Field(
         default_factory=FedAsyncConfig
     )
     """Federated algorithm (name + its parameters)."""
@@ -226,6 +228,8 @@ def load_scenario(
         if not isinstance(overrides, Mapping):
             overrides = dict(parse_override(o) for o in overrides)
         data = apply_overrides(data, overrides)
+        for path in overrides:
+            _check_override_path(path, data)
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
@@ -307,6 +311,15 @@ def _user_path(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
     return ".".join(parts), node
 
 
+def _check_override_path(path: str, data: Any) -> None:
+    """An override must name an existing key: say which part of its path is wrong."""
+    parts = path.split(".")
+    for i in range(1, len(parts)):
+        parent = ".".join(parts[:i])
+        if not _known_keys(parent, data):
+            raise ScenarioError(f"{parent} is not a section, so {path} does not exist", path=path)
+
+
 def _known_keys(parent_path: str, data: Any) -> list[str]:
     """Field names (by alias) of the section at ``parent_path`` of the scenario."""
     model: Any = Scenario
@@ -316,21 +329,26 @@ def _known_keys(parent_path: str, data: Any) -> list[str]:
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
             return []
-        model = _section_type(field.annotation, node)
+        model = _section_type(field.annotation, node, field.metadata)
         if model is None:
             return []
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def _section_type(annotation: Any, node: Any) -> Any:
+def _section_type(annotation: Any, node: Any, metadata: Iterable[Any] = ()) -> Any:
     """The Section class of a field, choosing the union member that matches ``node``'s tag."""
     import typing
 
     candidates = []
+    default_tag = next((m for m in metadata if isinstance(m, DefaultTag)), None)
 
     def walk(t: Any) -> None:
+        nonlocal default_tag
         origin = typing.get_origin(t)
         if origin is typing.Annotated:
+            for meta in t.__metadata__:
+                if isinstance(meta, DefaultTag):
+                    default_tag = meta
             walk(typing.get_args(t)[0])
         elif origin in (typing.Union, __import__("types").UnionType):
             for arg in typing.get_args(t):
@@ -346,9 +364,8 @@ def _section_type(annotation: Any, node: Any) -> Any:
             field = cls.model_fields.get(tag)
             if field is not None and isinstance(node, dict) and node.get(tag) == field.default:
                 return cls
-    for cls in candidates:  # untagged input: the default member
-        for tag in ("name", "dist", "kind"):
-            field = cls.model_fields.get(tag)
-            if field is not None and isinstance(node, dict) and tag not in node:
+    if default_tag is not None:  # untagged input: the default member
+        for cls in candidates:
+            if cls.model_fields[default_tag.key].default == default_tag.default:
                 return cls
     return candidates[0]

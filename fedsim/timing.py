@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, PositiveFloat, model_validator
 
-from fedsim.config_base import Section
+from fedsim.config_base import DefaultTag, Section
 from fedsim.rng import BlockSampler, SeedStreams
 
 # ---------------------------------------------------------------------------------------------------
@@ -164,6 +164,7 @@ DelayLaw = Annotated[
     | ShiftedExponentialDelay
     | ParetoDelay,
     Field(discriminator="dist"),
+    DefaultTag("dist", "exponential"),
 ]
 DELAY_LAWS = ("constant", "exponential", "lognormal", "uniform", "shifted_exponential", "pareto")
 
@@ -254,6 +255,7 @@ Heterogeneity = Annotated[
     | ClassHeterogeneity
     | LinearHeterogeneity,
     Field(discriminator="dist"),
+    DefaultTag("dist", "none"),
 ]
 
 # ---------------------------------------------------------------------------------------------------

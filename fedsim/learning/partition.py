@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, PositiveFloat
 
-from fedsim.config_base import Section
+from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
 
 
@@ -27,7 +27,9 @@ class DirichletPartition(Section):
     """Every client holds at least this many samples (the draw is repeated until it does)."""
 
 
-Partition = Annotated[IIDPartition | DirichletPartition, Field(discriminator="kind")]
+Partition = Annotated[
+    IIDPartition | DirichletPartition, Field(discriminator="kind"), DefaultTag("kind", "dirichlet")
+]
 
 
 def partition_iid(labels: np.ndarray, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -1,0 +1,143 @@
+"""The command line: ``fedsim run | validate | schema | list``.
+
+Exit status: 0 done; 2 bad scenario or usage (one line on stderr naming the key, the value and what is
+allowed; no traceback); 1 a failure during the run, with a readable message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fedsim.errors import ScenarioError, SimulationError
+
+ERROR_CONSOLE = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fedsim")
+def cli() -> None:
+    """fedsim: simulate asynchronous federated learning in simulated wall-clock time."""
+
+
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a scenario key (repeatable), e.g. --set clients.count=50.",
+)
+
+
+@cli.command()
+@click.argument("scenario_file", type=click.Path(dir_okay=False, path_type=Path))
+@_set_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def run(
+    scenario_file: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool, device: str
+) -> None:
+    """Run SCENARIO_FILE and write its run directory."""
+    from fedsim.progress import RichProgress
+    from fedsim.scenario import load_scenario
+    from fedsim.simulation import run as run_scenario
+
+    scenario = load_scenario(scenario_file, overrides)
+    if quiet:
+        result = run_scenario(scenario, out=out, device=device)
+    else:
+        with RichProgress() as progress:
+            result = run_scenario(scenario, out=out, device=device, progress=progress)
+        _print_summary(result.summary)
+
+
+def _fmt(value: object, spec: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return format(value, spec)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"fedsim run: {summary['name']} ({summary['algorithm']})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("final accuracy", _fmt(summary["final_accuracy"], ".4f")),
+        ("best accuracy", _fmt(summary.get("best_accuracy"), ".4f")),
+        ("simulated time", f"{summary['sim_time_s']:,.1f} s  (stopped by {summary['stop_reason']})"),
+        ("updates applied", f"{summary['updates']:,}  (model versions {summary['versions']:,})"),
+        ("mean staleness", _fmt(summary["mean_staleness"], ".2f")),
+        ("job outcomes", ", ".join(f"{k} {v:,}" for k, v in summary["status_counts"].items())),
+        ("wall time", f"{summary['wall_time_s']:.1f} s on {summary['device']}"),
+        ("run directory", str(summary["run_dir"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("scenario_file", type=click.Path(dir_okay=False, path_type=Path))
+@_set_option
+def validate(scenario_file: Path, overrides: tuple[str, ...]) -> None:
+    """Check SCENARIO_FILE without running it."""
+    from fedsim.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file, overrides)
+    click.echo(f"ok: {scenario.name} ({scenario.algorithm.name}, hash {scenario.hash()})")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files."""
+    from fedsim.scenario import Scenario
+
+    click.echo(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
+
+
+@cli.command(name="list")
+def list_plugins() -> None:
+    """List algorithms, datasets, models, partitions and delay laws."""
+    from fedsim.registry import catalogue
+
+    for kind, names in catalogue().items():
+        click.echo(f"{kind}: {', '.join(names)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: turn every expected error into one line and an exit status."""
+    try:
+        cli.main(args=argv, prog_name="fedsim", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.UsageError as exc:
+        _fail(exc.format_message().replace("\n", " "), 2)
+    except click.ClickException as exc:
+        _fail(exc.format_message().replace("\n", " "), exc.exit_code)
+    except ScenarioError as exc:
+        _fail(str(exc), 2)
+    except SimulationError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; the run directory holds what was recorded so far", 130)
+    except Exception as exc:  # an unexpected failure: readable, status 1
+        _fail(f"run failed: {type(exc).__name__}: {exc}", 1)
+
+
+if __name__ == "__main__":
+    main()
