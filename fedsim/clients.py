@@ -1,9 +1,10 @@
 """Clients and their jobs: who is idle, how long a job takes, and when its update arrives.
 
 A job is one client's round trip: download the model, compute, upload the update. Its three phases
-are drawn from the timing model when it is dispatched and scheduled as ONE SimPy timeout (one event
-per job is what lets a timing-only run reach a million updates), after which the algorithm's
-``on_arrival`` (or ``on_dropped``) callback runs. Training is submitted to the trainer at dispatch and
+are drawn from the timing model when it is dispatched and the job itself is scheduled as ONE event on
+the SimPy queue (``env.schedule``; a Job has the ``callbacks``/``_ok`` an event needs), after which the
+algorithm's ``on_arrival`` (or ``on_dropped``) callback runs. One light event per job, with no
+Timeout object and no closure, is what lets a timing-only run reach a million updates. Training is submitted to the trainer at dispatch and
 only computed when the algorithm asks for the update.
 """
 
@@ -19,13 +20,19 @@ from fedsim.rng import BlockSampler, SeedStreams
 from fedsim.timing import ClientTiming
 
 
+ArrivalCallback = Callable[["Job"], None]
+
+
 class Job:
     """One dispatched piece of local work and everything the trace needs to know about it."""
 
     __slots__ = (
+        "_ok",
+        "_value",
         "arrival_version",
         "arrived_at",
         "base_version",
+        "callbacks",
         "client",
         "comm_s",
         "compute_s",
@@ -33,6 +40,7 @@ class Job:
         "dropped",
         "handle",
         "id",
+        "on_done",
         "open",
         "server",
         "start",
@@ -54,9 +62,11 @@ class Job:
         self.handle: TrainHandle | None = None
         self.start: torch.Tensor | None = None
         self.tag: object = None  # free for the algorithm (e.g. FedAvg's round number)
-
-
-ArrivalCallback = Callable[[Job], None]
+        self.on_done: ArrivalCallback | None = None
+        # What SimPy's event loop needs of an event: the job is its own arrival event.
+        self.callbacks: list | None = None
+        self._ok = True
+        self._value = None
 
 
 class ClientPool:
@@ -84,6 +94,7 @@ class ClientPool:
         self._next_job = 0
         self.in_flight = 0
         self._idle_waiters: list[simpy.Event] = []
+        self._job_callbacks = (self._finish,)  # shared by every job; SimPy only iterates it
 
     # -- choosing clients ---------------------------------------------------------------------------
     def take_idle(self) -> int:
@@ -111,9 +122,12 @@ class ClientPool:
     def _release(self, client: int) -> None:
         self.idle.append(client)
         if self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for event in waiters:
-                event.succeed()
+            self._wake_idle_waiters()
+
+    def _wake_idle_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for event in waiters:
+            event.succeed()
 
     # -- jobs ------------------------------------------------------------------------------------------
     def dispatch(
@@ -142,18 +156,21 @@ class ClientPool:
                 seed = self.streams.sequence("training.job", job.id)
                 job.handle = self.trainer.submit(TrainJob(job.id, client, params, seed))
         self.in_flight += 1
-        callback = on_dropped if dropped else on_arrival
-        env.timeout(delay).callbacks.append(lambda _event: self._finish(job, callback))
+        job.on_done = on_dropped if dropped else on_arrival
+        job.callbacks = self._job_callbacks
+        env.schedule(job, delay=delay)
         return job
 
-    def _finish(self, job: Job, callback: ArrivalCallback) -> None:
+    def _finish(self, job: Job) -> None:
         if not job.open:  # cancelled while in flight
             return
         job.open = False
         job.arrived_at = self.env.now
         self.in_flight -= 1
-        self._release(job.client)
-        callback(job)
+        self.idle.append(job.client)
+        if self._idle_waiters:
+            self._wake_idle_waiters()
+        job.on_done(job)
 
     def cancel(self, job: Job) -> None:
         """Stop an in-flight job now: its client is free again and its update will never arrive."""

@@ -195,10 +195,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return path, value
 
 
+TAG_KEYS = ("name", "dist", "kind")
+
+
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted key paths in a nested dict (a copy). Paths are checked by validation afterwards."""
+    """Set dotted key paths in a nested dict (a copy). Paths are checked by validation afterwards.
+
+    Changing a variant's tag (``algorithm.name=fedavg``, ``clients.compute.dist=pareto``) drops the
+    keys the file gave for the old variant that the new one does not have, so sweeps can switch
+    algorithms; the tag overrides are applied first, then the others.
+    """
     result = json.loads(json.dumps(data))
-    for path, value in overrides.items():
+    ordered = sorted(overrides.items(), key=lambda kv: kv[0].rsplit(".", 1)[-1] not in TAG_KEYS)
+    for path, value in ordered:
         node = result
         parts = path.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -207,9 +216,15 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
                 child = node[part] = {}
             if not isinstance(child, dict):
                 where = ".".join(parts[: i + 1])
-                raise ScenarioError(f"cannot set {path}: {where} is not a section", path=path)
+                raise ScenarioError(f"{where} is not a section, so {path} does not exist", path=path)
             node = child
-        node[parts[-1]] = value
+        key = parts[-1]
+        changed_tag = key in TAG_KEYS and key in node and node[key] != value
+        node[key] = value
+        if changed_tag:
+            known = _known_keys(".".join(parts[:-1]), result)
+            for stale in [k for k in node if known and k not in known]:
+                del node[stale]
     return result
 
 

@@ -35,6 +35,7 @@ from fedsim.scenario import Scenario, load_scenario
 from fedsim.timing import ClientTiming
 
 ACCEPTED = frozenset({"applied", "buffered"})
+NOT_UPLOADED = frozenset({"dropped", "cancelled"})
 PROGRESS_EVERY_ROWS = 4096
 
 
@@ -115,8 +116,7 @@ class Simulation:
         self.evals = TraceWriter(run_dir and run_dir / "evals.parquet", EVAL_SCHEMA, chunk_rows=chunk)
         self.updates = 0
         self.rows = 0
-        self.status_counts: dict[str, int] = {}
-        self.staleness_sum = 0
+        self._max_updates = scenario.stop.max_updates
         self.rejected_models = 0
         self.last_eval: dict[str, float] = {}
         self.stop_event = self.env.event()
@@ -126,16 +126,13 @@ class Simulation:
 
     # -- recording -------------------------------------------------------------------------------------
     def record_job(self, job: Job, status: str) -> None:
-        """Append one row to the events trace (hot path: keep it lean)."""
-        server = self.servers[job.server]
-        if job.open:  # still in flight (cancelled now): arrival fields describe this moment
-            arrival_version = server.version
+        """Append one row to the events trace (the hot path: keep it lean)."""
+        if job.open:  # still in flight (being cancelled): arrival fields describe this moment
+            arrival_version = self.servers[job.server].version
             at = self.env.now
         else:
             arrival_version = job.arrival_version
             at = job.arrived_at
-        staleness = arrival_version - job.base_version
-        uploaded = status not in ("dropped", "cancelled")
         timing = self.timing
         self.events.append(
             (
@@ -146,24 +143,20 @@ class Simulation:
                 job.dispatched_at,
                 job.base_version,
                 arrival_version,
-                staleness,
+                arrival_version - job.base_version,
                 job.compute_s,
                 job.comm_s,
                 status,
-                timing.bytes_up if uploaded else 0,
+                0 if status in NOT_UPLOADED else timing.bytes_up,
                 timing.bytes_down,
             )
         )
-        counts = self.status_counts
-        counts[status] = counts.get(status, 0) + 1
         if status in ACCEPTED:
             self.updates += 1
-            self.staleness_sum += staleness
-            limit = self.scenario.stop.max_updates
-            if limit is not None and self.updates >= limit:
+            if self.updates == self._max_updates:
                 self.stop("max_updates")
         self.rows += 1
-        if self.progress is not None and self.rows % PROGRESS_EVERY_ROWS == 0:
+        if self.progress is not None and not self.rows & (PROGRESS_EVERY_ROWS - 1):
             self.progress(self)
 
     def note_rejected_model(self) -> None:
@@ -236,9 +229,11 @@ class Simulation:
     def _finish_files(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         return self.events.close(), self.evals.close()
 
-    def summary(self, wall_time_s: float) -> dict[str, Any]:
+    def summary(self, wall_time_s: float, events: pd.DataFrame) -> dict[str, Any]:
         accepted = self.updates
         evals_acc = self.last_eval.get("accuracy", math.nan)
+        counts = events["status"].value_counts()
+        used = events["status"].isin(ACCEPTED)
         return {
             "name": self.scenario.name,
             "scenario_hash": self.scenario.hash(),
@@ -249,8 +244,8 @@ class Simulation:
             "wall_time_s": wall_time_s,
             "updates": accepted,
             "versions": self.servers[0].version,
-            "status_counts": dict(sorted(self.status_counts.items())),
-            "mean_staleness": self.staleness_sum / accepted if accepted else math.nan,
+            "status_counts": {k: int(counts[k]) for k in sorted(counts.index)},
+            "mean_staleness": float(events["staleness"][used].mean()) if accepted else math.nan,
             "final_accuracy": evals_acc,
             "final_loss": self.last_eval.get("loss", math.nan),
             "time_to_target_s": self.time_to_target,
@@ -265,7 +260,7 @@ class Simulation:
 
     def _finish(self) -> Result:
         events, evals = self._finish_files()
-        summary = self.summary(time.perf_counter() - self._started)
+        summary = self.summary(time.perf_counter() - self._started, events)
         summary["best_accuracy"] = float(evals["accuracy"].max()) if len(evals) else math.nan
         if self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))

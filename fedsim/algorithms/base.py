@@ -77,6 +77,11 @@ class Algorithm:
         """Dispatch up to ``k`` uniformly chosen idle clients."""
         return [self.dispatch(c) for c in self.pool.sample(k)]
 
+    def dispatch_one(self) -> None:
+        """Dispatch one uniformly chosen idle client, if any (the asynchronous hot path)."""
+        if self.pool.idle:
+            self.dispatch(self.pool.take_idle())
+
     def on_arrival(self, job: Job) -> None:
         raise NotImplementedError
 

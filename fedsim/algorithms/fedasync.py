@@ -59,8 +59,8 @@ class FedAsync(Algorithm):
                     self.publish(torch.lerp(self.server.params, w_local, alpha_k))
                 else:
                     self.publish(None)
-        self.dispatch_idle(1)
+        self.dispatch_one()
 
     def on_dropped(self, job: Job) -> None:
         self.record(job, "dropped")
-        self.dispatch_idle(1)
+        self.dispatch_one()
