@@ -72,8 +72,8 @@ def _fmt(value: object, spec: str = "") -> str:
 
 def _print_summary(summary: dict) -> None:
     table = Table(title=f"fedsim run: {summary['name']} ({summary['algorithm']})", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     rows = [
         ("final accuracy", _fmt(summary["final_accuracy"], ".4f")),
         ("best accuracy", _fmt(summary.get("best_accuracy"), ".4f")),
@@ -82,11 +82,12 @@ def _print_summary(summary: dict) -> None:
         ("mean staleness", _fmt(summary["mean_staleness"], ".2f")),
         ("job outcomes", ", ".join(f"{k} {v:,}" for k, v in summary["status_counts"].items())),
         ("wall time", f"{summary['wall_time_s']:.1f} s on {summary['device']}"),
-        ("run directory", str(summary["run_dir"])),
     ]
     for key, value in rows:
         table.add_row(key, value)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {summary['run_dir']}", soft_wrap=True, highlight=False)
 
 
 @cli.command()

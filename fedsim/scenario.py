@@ -329,10 +329,16 @@ def _user_path(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
 def _check_override_path(path: str, data: Any) -> None:
     """An override must name an existing key: say which part of its path is wrong."""
     parts = path.split(".")
-    for i in range(1, len(parts)):
+    for i, part in enumerate(parts):
         parent = ".".join(parts[:i])
-        if not _known_keys(parent, data):
+        known = _known_keys(parent, data)
+        if not known:
             raise ScenarioError(f"{parent} is not a section, so {path} does not exist", path=path)
+        if part not in known:
+            close = difflib.get_close_matches(part, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            where = ".".join(parts[: i + 1])
+            raise ScenarioError(f"unknown key{hint} (known: {', '.join(known)})", path=where)
 
 
 def _known_keys(parent_path: str, data: Any) -> list[str]:

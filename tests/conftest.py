@@ -1,0 +1,31 @@
+"""Shared fixtures: the repository root, and small scenarios that run in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "scenarios"
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def small_learning() -> dict:
+    """A digits scenario small enough to run in about a second."""
+    return {
+        "name": "small",
+        "seed": 3,
+        "stop": {"time_s": 60},
+        "data": {"dataset": "digits", "partition": {"kind": "iid"}},
+        "model": {"kind": "mlp", "hidden": [32]},
+        "training": {"local_steps": 5, "batch_size": 16, "lr": 0.05},
+        "clients": {"count": 20, "compute": {"dist": "exponential", "mean_s": 2.0}},
+        "algorithm": {"name": "fedasync", "concurrency": 5},
+        "eval": {"every_s": 10.0},
+    }
