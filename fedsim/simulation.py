@@ -251,6 +251,8 @@ class Simulation:
             "time_to_target_s": self.time_to_target,
             "updates_per_wall_s": accepted / wall_time_s if wall_time_s > 0 else math.nan,
             "jobs_trained": self.trainer.jobs_trained if self.trainer else 0,
+            "train_wall_s": self.trainer.train_seconds if self.trainer else 0.0,
+            "eval_wall_s": self.evaluator.seconds if self.evaluator else 0.0,
             "rejected_models": self.rejected_models,
             "model_params": self.spec.numel,
             "device": str(self.device),

@@ -10,6 +10,7 @@ of a job never depends on when, with whom or on which device it was trained.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -126,6 +127,7 @@ class SequentialTrainer:
     def __init__(self, task: LocalTask) -> None:
         self.task = task
         self.jobs_trained = 0
+        self.train_seconds = 0.0  # real time spent training (for the overhead split)
 
     def _grad(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Plain autograd: for one client at a time it costs half of torch.func.grad's overhead.
@@ -138,6 +140,7 @@ class SequentialTrainer:
         return TrainHandle(self, job)
 
     def train(self, job: TrainJob) -> torch.Tensor:
+        started = time.perf_counter()
         task, cfg = self.task, self.task.config
         device = job.start.device
         batches = torch.as_tensor(task.batches(job), device=device)
@@ -152,6 +155,7 @@ class SequentialTrainer:
                 g = momentum_buf
             w = w - cfg.lr * g
         self.jobs_trained += 1
+        self.train_seconds += time.perf_counter() - started
         return w.detach()
 
 
@@ -160,9 +164,11 @@ class Evaluator:
 
     def __init__(self, module: nn.Module, spec: ParamSpec, data: FederatedData) -> None:
         self.module, self.spec, self.data = module, spec, data
+        self.seconds = 0.0
 
     @torch.no_grad()
     def __call__(self, flat: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
+        started = time.perf_counter()
         x, y = self.data.x_test, self.data.y_test
         correct = 0
         loss_sum = 0.0
@@ -171,4 +177,5 @@ class Evaluator:
             logits = functional_call(self.module, views, (x[i : i + chunk],))
             loss_sum += float(nn.functional.cross_entropy(logits, y[i : i + chunk], reduction="sum"))
             correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
+        self.seconds += time.perf_counter() - started
         return correct / len(y), loss_sum / len(y)
