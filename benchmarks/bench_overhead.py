@@ -29,11 +29,17 @@ def main() -> None:
     train, evaluation = s["train_wall_s"], s["eval_wall_s"]
     overhead = wall - train - evaluation
     n = s["updates"]
-    print(f"scenario {args.scenario}: {n:,} updates, {s['jobs_trained']:,} jobs trained, {wall:.2f} s wall")
+    print(
+        f"scenario {args.scenario}: {n:,} updates, {s['jobs_trained']:,} jobs trained, {wall:.2f} s wall"
+    )
     print()
     print("| part | wall s | share | per update (ms) |")
     print("|---|---|---|---|")
-    for name, seconds in (("training", train), ("evaluation", evaluation), ("simulator overhead", overhead)):
+    for name, seconds in (
+        ("training", train),
+        ("evaluation", evaluation),
+        ("simulator overhead", overhead),
+    ):
         print(f"| {name} | {seconds:.2f} | {seconds / wall:.1%} | {seconds / n * 1e3:.3f} |")
     print(f"| total | {wall:.2f} | 100% | {wall / n * 1e3:.3f} |")
 

@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=1_000_000)
     args = parser.parse_args()
     raw = raw_simpy_rate(args.updates)
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}"
+    )
     print()
     print("| run | updates | wall s | updates/s | ratio to raw SimPy |")
     print("|---|---|---|---|---|")

@@ -71,13 +71,18 @@ def _fmt(value: object, spec: str = "") -> str:
 
 
 def _print_summary(summary: dict) -> None:
-    table = Table(title=f"fedsim run: {summary['name']} ({summary['algorithm']})", show_header=False)
+    table = Table(
+        title=f"fedsim run: {summary['name']} ({summary['algorithm']})", show_header=False
+    )
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     rows = [
         ("final accuracy", _fmt(summary["final_accuracy"], ".4f")),
         ("best accuracy", _fmt(summary.get("best_accuracy"), ".4f")),
-        ("simulated time", f"{summary['sim_time_s']:,.1f} s  (stopped by {summary['stop_reason']})"),
+        (
+            "simulated time",
+            f"{summary['sim_time_s']:,.1f} s  (stopped by {summary['stop_reason']})",
+        ),
         ("updates applied", f"{summary['updates']:,}  (model versions {summary['versions']:,})"),
         ("mean staleness", _fmt(summary["mean_staleness"], ".2f")),
         ("job outcomes", ", ".join(f"{k} {v:,}" for k, v in summary["status_counts"].items())),

@@ -15,10 +15,9 @@ from collections.abc import Callable
 import simpy
 import torch
 
-from fedsim.learning.trainer import TrainHandle, TrainJob, Trainer
+from fedsim.learning.trainer import Trainer, TrainHandle, TrainJob
 from fedsim.rng import BlockSampler, SeedStreams
 from fedsim.timing import ClientTiming
-
 
 ArrivalCallback = Callable[["Job"], None]
 

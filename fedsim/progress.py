@@ -46,7 +46,9 @@ class RichProgress:
         stop = sim.scenario.stop
         if self._task is None:
             total = stop.time_s if stop.time_s is not None else stop.max_updates
-            self._task = self._progress.add_task(sim.scenario.name, total=total, **self._fields(sim))
+            self._task = self._progress.add_task(
+                sim.scenario.name, total=total, **self._fields(sim)
+            )
             self._t0 = now
         if now - self._last < self.min_interval_s and not sim.stop_event.triggered:
             return
@@ -66,7 +68,9 @@ class RichProgress:
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         acc = sim.last_eval.get("accuracy", math.nan)
         horizon = sim.scenario.stop.time_s
-        where = f"sim {sim.env.now:,.0f}/{horizon:,.0f} s" if horizon else f"sim {sim.env.now:,.0f} s"
+        where = (
+            f"sim {sim.env.now:,.0f}/{horizon:,.0f} s" if horizon else f"sim {sim.env.now:,.0f} s"
+        )
         return {
             "where": where,
             "updates": f"{sim.updates:,}",

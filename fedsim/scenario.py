@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedsim.algorithms import AlgorithmConfig
 from fedsim.algorithms.fedasync import FedAsyncConfig
@@ -111,9 +118,7 @@ class Scenario(Section):
     """Clients and their timing."""
     algorithm: Annotated[
         AlgorithmConfig, Field(discriminator="name"), DefaultTag("name", "fedasync")
-    ] = Field(
-        default_factory=FedAsyncConfig
-    )
+    ] = Field(default_factory=FedAsyncConfig)
     """Federated algorithm (name + its parameters)."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation schedule."""
@@ -128,7 +133,11 @@ class Scenario(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
         algo = self.algorithm
-        if algo.name == "fedbuff" and algo.buffer_size > algo.concurrency and algo.dispatch_policy == "after_aggregation":
+        if (
+            algo.name == "fedbuff"
+            and algo.buffer_size > algo.concurrency
+            and algo.dispatch_policy == "after_aggregation"
+        ):
             raise ValueError(
                 f"algorithm.buffer_size ({algo.buffer_size}) > concurrency ({algo.concurrency}) "
                 "with dispatch_policy after_aggregation never fills the buffer"
@@ -176,7 +185,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ScenarioError(f"{path}: a scenario must be a mapping of keys, got {type(data).__name__}")
+        raise ScenarioError(
+            f"{path}: a scenario must be a mapping of keys, got {type(data).__name__}"
+        )
     return data
 
 
@@ -216,7 +227,9 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
                 child = node[part] = {}
             if not isinstance(child, dict):
                 where = ".".join(parts[: i + 1])
-                raise ScenarioError(f"{where} is not a section, so {path} does not exist", path=path)
+                raise ScenarioError(
+                    f"{where} is not a section, so {path} does not exist", path=path
+                )
             node = child
         key = parts[-1]
         changed_tag = key in TAG_KEYS and key in node and node[key] != value
@@ -254,7 +267,7 @@ def load_scenario(
 def scenario_error(exc: ValidationError, data: Any) -> ScenarioError:
     """The first validation error as a one-line ScenarioError naming the key path and value."""
     err = exc.errors(include_url=False)[0]
-    path, node = _user_path(err["loc"], data)
+    path, _node = _user_path(err["loc"], data)
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
@@ -317,10 +330,7 @@ def _user_path(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
     parts: list[str] = []
     node = data
     for item in loc:
-        if isinstance(node, dict) and item in node:
-            parts.append(str(item))
-            node = node[item]
-        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
+        if (isinstance(node, dict) and item in node) or (isinstance(node, list) and isinstance(item, int) and item < len(node)):
             parts.append(str(item))
             node = node[item]
     return ".".join(parts), node

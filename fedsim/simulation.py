@@ -112,8 +112,12 @@ class Simulation:
         self.algorithm = ALGORITHMS[scenario.algorithm.name](scenario.algorithm, self)
 
         chunk = scenario.output.flush_rows
-        self.events = TraceWriter(run_dir and run_dir / "events.parquet", EVENT_SCHEMA, chunk_rows=chunk)
-        self.evals = TraceWriter(run_dir and run_dir / "evals.parquet", EVAL_SCHEMA, chunk_rows=chunk)
+        self.events = TraceWriter(
+            run_dir and run_dir / "events.parquet", EVENT_SCHEMA, chunk_rows=chunk
+        )
+        self.evals = TraceWriter(
+            run_dir and run_dir / "evals.parquet", EVAL_SCHEMA, chunk_rows=chunk
+        )
         self.updates = 0
         self.rows = 0
         self._max_updates = scenario.stop.max_updates

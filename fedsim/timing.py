@@ -95,7 +95,9 @@ class UniformDelay(Section):
     @model_validator(mode="after")
     def _ordered(self) -> UniformDelay:
         if self.high_s <= self.low_s:
-            raise ValueError(f"high_s must be > low_s, got low_s={self.low_s}, high_s={self.high_s}")
+            raise ValueError(
+                f"high_s must be > low_s, got low_s={self.low_s}, high_s={self.high_s}"
+            )
         return self
 
     @property
@@ -189,7 +191,7 @@ class LognormalHeterogeneity(Section):
     """Standard deviation of log(multiplier)."""
 
     def multipliers(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.lognormal(-self.sigma**2 / 2, self.sigma, n)
+        return rng.lognormal(-(self.sigma**2) / 2, self.sigma, n)
 
 
 class UniformHeterogeneity(Section):
@@ -217,7 +219,7 @@ class ClassHeterogeneity(Section):
     dist: Literal["classes"] = "classes"
     multipliers_: list[PositiveFloat] = Field([1.3, 1.0, 0.7], alias="multipliers")
     """Duration multiplier of each class."""
-    fractions: list[PositiveFloat] = [0.25, 0.5, 0.25]
+    fractions: list[PositiveFloat] = Field(default_factory=lambda: [0.25, 0.5, 0.25])
     """Share of clients in each class (must sum to 1)."""
 
     @model_validator(mode="after")

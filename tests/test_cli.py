@@ -14,36 +14,111 @@ from fedsim.cli import main
 
 # (case id, YAML text, extra CLI args, text the one-line error must contain)
 BAD_INPUTS = [
-    ("negative mean", "clients: {compute: {dist: exponential, mean_s: -1}}", [], "clients.compute.mean_s: must be > 0"),
+    (
+        "negative mean",
+        "clients: {compute: {dist: exponential, mean_s: -1}}",
+        [],
+        "clients.compute.mean_s: must be > 0",
+    ),
     ("zero mean", "clients: {compute: {mean_s: 0}}", [], "clients.compute.mean_s"),
-    ("unknown key suggests", "clients: {compte: {dist: exponential}}", [], "did you mean 'compute'"),
+    (
+        "unknown key suggests",
+        "clients: {compte: {dist: exponential}}",
+        [],
+        "did you mean 'compute'",
+    ),
     ("unknown top key", "stpo: {time_s: 5}", [], "did you mean 'stop'"),
     ("unknown algorithm", "algorithm: {name: fedprox}", [], "known: fedavg, fedasync, fedbuff"),
-    ("unknown delay law", "clients: {compute: {dist: gamma}}", [], "clients.compute.dist: unknown name 'gamma'"),
+    (
+        "unknown delay law",
+        "clients: {compute: {dist: gamma}}",
+        [],
+        "clients.compute.dist: unknown name 'gamma'",
+    ),
     ("wrong type", "clients: {count: many}", [], 'clients.count: must be an integer, got "many"'),
     ("float count", "clients: {count: 2.5}", [], "clients.count: must be an integer"),
     ("yaml syntax", "clients: {count: 5", [], "line 2"),
     ("unknown dataset", "data: {dataset: imagenet}", [], "data.dataset: must be one of digits"),
-    ("typo in algorithm key", "algorithm: {name: fedasync, alpah: 0.5}", [], "algorithm.alpah: unknown key; did you mean 'alpha'"),
+    (
+        "typo in algorithm key",
+        "algorithm: {name: fedasync, alpah: 0.5}",
+        [],
+        "algorithm.alpah: unknown key; did you mean 'alpha'",
+    ),
     ("no stop condition", "stop: {time_s: null}", [], "stop: set at least one of"),
-    ("uniform bounds", "clients: {compute: {dist: uniform, low_s: 5, high_s: 1}}", [], "high_s must be > low_s"),
+    (
+        "uniform bounds",
+        "clients: {compute: {dist: uniform, low_s: 5, high_s: 1}}",
+        [],
+        "high_s must be > low_s",
+    ),
     ("negative hidden width", "model: {hidden: [64, -3]}", [], "model.hidden.1: must be > 0"),
     ("zero lr", "training: {lr: 0}", [], "training.lr: must be > 0"),
-    ("alpha above one", "algorithm: {name: fedasync, alpha: 1.5}", [], "algorithm.alpha: must be <= 1"),
-    ("negative latency", "clients: {network: {latency_s: -0.1}}", [], "clients.network.latency_s: must be >= 0"),
+    (
+        "alpha above one",
+        "algorithm: {name: fedasync, alpha: 1.5}",
+        [],
+        "algorithm.alpha: must be <= 1",
+    ),
+    (
+        "negative latency",
+        "clients: {network: {latency_s: -0.1}}",
+        [],
+        "clients.network.latency_s: must be >= 0",
+    ),
     ("dropout prob 1", "clients: {dropout: {prob: 1.0}}", [], "clients.dropout.prob: must be < 1"),
-    ("straggler fraction", "clients: {stragglers: {fraction: 2}}", [], "clients.stragglers.fraction: must be <= 1"),
-    ("unknown staleness kind", "algorithm: {name: fedasync, staleness: {kind: exp}}", [], "algorithm.staleness.kind: must be one of constant, polynomial or hinge"),
-    ("unknown partition", "data: {partition: {kind: shards}}", [], "data.partition.kind: unknown name 'shards'"),
-    ("class fractions", "clients: {heterogeneity: {dist: classes, multipliers: [1, 2], fractions: [0.5, 0.2]}}", [], "fractions must sum to 1"),
+    (
+        "straggler fraction",
+        "clients: {stragglers: {fraction: 2}}",
+        [],
+        "clients.stragglers.fraction: must be <= 1",
+    ),
+    (
+        "unknown staleness kind",
+        "algorithm: {name: fedasync, staleness: {kind: exp}}",
+        [],
+        "algorithm.staleness.kind: must be one of constant, polynomial or hinge",
+    ),
+    (
+        "unknown partition",
+        "data: {partition: {kind: shards}}",
+        [],
+        "data.partition.kind: unknown name 'shards'",
+    ),
+    (
+        "class fractions",
+        "clients: {heterogeneity: {dist: classes, multipliers: [1, 2], fractions: [0.5, 0.2]}}",
+        [],
+        "fractions must sum to 1",
+    ),
     ("not a mapping", "[1, 2]", [], "must be a mapping of keys"),
-    ("bad override path", "name: x", ["--set", "clients.compte.mean_s=3"], "did you mean 'compute'"),
-    ("override below a value", "name: x", ["--set", "clients.count.x=3"], "clients.count is not a section"),
+    (
+        "bad override path",
+        "name: x",
+        ["--set", "clients.compte.mean_s=3"],
+        "did you mean 'compute'",
+    ),
+    (
+        "override below a value",
+        "name: x",
+        ["--set", "clients.count.x=3"],
+        "clients.count is not a section",
+    ),
     ("override without =", "name: x", ["--set", "clients.count"], "key.path=value"),
-    ("fedbuff buffer never fills", "algorithm: {name: fedbuff, concurrency: 5, buffer_size: 10, dispatch_policy: after_aggregation}", [], "never fills the buffer"),
+    (
+        "fedbuff buffer never fills",
+        "algorithm: {name: fedbuff, concurrency: 5, buffer_size: 10, dispatch_policy: after_aggregation}",
+        [],
+        "never fills the buffer",
+    ),
     ("negative seed", "seed: -4", [], "seed: must be >= 0"),
     ("test fraction", "data: {test_fraction: 1.5}", [], "data.test_fraction: must be < 1"),
-    ("more clients than samples", "clients: {count: 5000}", ["--set", "stop.time_s=1"], "clients.count"),
+    (
+        "more clients than samples",
+        "clients: {count: 5000}",
+        ["--set", "stop.time_s=1"],
+        "clients.count",
+    ),
 ]
 
 
@@ -57,7 +132,9 @@ def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize(("yaml_text", "extra", "expected"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("yaml_text", "extra", "expected"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_scenario_exits_2_with_one_line(tmp_path, capsys, yaml_text, extra, expected):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text + "\n")
@@ -79,7 +156,12 @@ def test_at_least_twenty_bad_inputs_are_covered():
 
 
 def test_missing_file_and_usage_errors_exit_2(capsys, tmp_path):
-    for args in (["validate", str(tmp_path / "nope.yaml")], ["run"], ["bogus"], ["run", "x.yaml", "--bogus"]):
+    for args in (
+        ["validate", str(tmp_path / "nope.yaml")],
+        ["run"],
+        ["bogus"],
+        ["run", "x.yaml", "--bogus"],
+    ):
         code, _out, err = _run_cli(args, capsys)
         assert code == 2, args
         assert len(err.strip().splitlines()) == 1, err
@@ -104,7 +186,12 @@ def test_run_writes_run_directory_and_summary(tmp_path, capsys, small_learning):
     main(["run", str(path), "--out", str(out), "--set", "stop.time_s=20"])
     printed = capsys.readouterr().out
     assert "final accuracy" in printed and str(out) in printed
-    assert {p.name for p in out.iterdir()} >= {"scenario.yaml", "events.parquet", "evals.parquet", "summary.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "scenario.yaml",
+        "events.parquet",
+        "evals.parquet",
+        "summary.json",
+    }
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sim_time_s"] == 20.0
     events = pd.read_parquet(out / "events.parquet")

@@ -59,7 +59,7 @@ def test_batch_schedule_covers_each_sample_once_per_pass():
 
 
 def test_flat_params_round_trip_and_seeded_init():
-    module, spec = build_model(ModelConfig(hidden=[8]), 5, 3)
+    _module, spec = build_model(ModelConfig(hidden=[8]), 5, 3)
     assert spec.numel == 5 * 8 + 8 + 8 * 3 + 3
     flat = init_params(spec, torch.Generator().manual_seed(0))
     views = spec.views(flat)

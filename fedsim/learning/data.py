@@ -79,7 +79,9 @@ def load_federated(
     order = streams.generator("data.split").permutation(len(y))
     n_test = round(config.test_fraction * len(y))
     test, train = order[:n_test], order[n_test:]
-    parts = make_partition(config.partition, y[train], n_clients, streams.generator("data.partition"))
+    parts = make_partition(
+        config.partition, y[train], n_clients, streams.generator("data.partition")
+    )
     return FederatedData(
         info=info,
         x_train=torch.as_tensor(x[train], device=device),

@@ -40,7 +40,9 @@ def _mlp(config: ModelConfig, in_features: int, n_classes: int) -> nn.Module:
 MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {"mlp": _mlp}
 
 
-def build_model(config: ModelConfig, in_features: int, n_classes: int) -> tuple[nn.Module, ParamSpec]:
+def build_model(
+    config: ModelConfig, in_features: int, n_classes: int
+) -> tuple[nn.Module, ParamSpec]:
     """The module (on the meta device: a pure function of its parameters) and its ParamSpec."""
     with torch.device("meta"):
         module = MODELS[config.kind](config, in_features, n_classes)

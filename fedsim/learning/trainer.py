@@ -77,9 +77,7 @@ class TrainHandle:
         return self._result
 
 
-def batch_schedule(
-    n_samples: int, steps: int, batch: int, rng: np.random.Generator
-) -> np.ndarray:
+def batch_schedule(n_samples: int, steps: int, batch: int, rng: np.random.Generator) -> np.ndarray:
     """Local positions ``[steps, b]`` of each step's mini-batch, ``b = min(batch, n_samples)``.
 
     Sampling is without replacement within a pass: consecutive slices of a stream of fresh
@@ -175,7 +173,9 @@ class Evaluator:
         views = self.spec.views(flat)
         for i in range(0, len(y), chunk):
             logits = functional_call(self.module, views, (x[i : i + chunk],))
-            loss_sum += float(nn.functional.cross_entropy(logits, y[i : i + chunk], reduction="sum"))
+            loss_sum += float(
+                nn.functional.cross_entropy(logits, y[i : i + chunk], reduction="sum")
+            )
             correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
         self.seconds += time.perf_counter() - started
         return correct / len(y), loss_sum / len(y)
