@@ -18,6 +18,7 @@ momentum buffer ``= g`` at the first step, else ``mu * buf + g``; ``w -= lr * g`
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -84,6 +85,8 @@ class BatchedTrainer:
         """How many times the pending set was trained."""
         self.largest_flush = 0
         """Most jobs trained in one flush."""
+        self.train_seconds = 0.0
+        """Real time spent training (for the overhead split)."""
 
     @property
     def jobs_trained(self) -> int:
@@ -110,6 +113,7 @@ class BatchedTrainer:
             return
         self.flushes += 1
         self.largest_flush = max(self.largest_flush, len(handles))
+        started = time.perf_counter()
         try:
             groups: dict[tuple, list[tuple[BatchedHandle, np.ndarray]]] = defaultdict(list)
             for h in handles:
@@ -131,12 +135,12 @@ class BatchedTrainer:
                 if h._result is None and not h._cancelled:
                     self._pending[h] = None
             raise
+        finally:
+            self.train_seconds += time.perf_counter() - started
 
     def _grads(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if len(w) <= self.sequential_max:
-            return torch.stack(
-                [self._sequential._grad(w[i], x[i], y[i]) for i in range(len(w))]
-            )
+            return torch.stack([self._sequential._grad(w[i], x[i], y[i]) for i in range(len(w))])
         return self._vgrad(w, x, y)
 
     def _train_chunk(self, members: list[tuple[BatchedHandle, np.ndarray]]) -> None:
@@ -164,10 +168,7 @@ class BatchedTrainer:
             if cfg.weight_decay:
                 g = g + cfg.weight_decay * wk
             if cfg.momentum:
-                if buf is None:
-                    buf = g
-                else:
-                    buf = cfg.momentum * buf[:k] + g
+                buf = g if buf is None else cfg.momentum * buf[:k] + g
                 g = buf
             w[:k] = wk - cfg.lr * g
         for (h, _), w_end in zip(members, w.unbind(0), strict=True):

@@ -1,0 +1,173 @@
+"""The batched trainer gives every job the same result as the sequential reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedsim.learning.batched import AutoTrainer, BatchedTrainer, make_trainer
+from fedsim.learning.data import DataConfig, load_federated
+from fedsim.learning.models import ModelConfig, build_model, init_params
+from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainingConfig, TrainJob
+from fedsim.rng import SeedStreams
+
+N_CLIENTS = 30
+N_JOBS = 20
+
+
+@pytest.fixture(scope="module")
+def setup():
+    streams = SeedStreams(11)
+    # Strong label skew: client sizes range from a handful of samples to a few hundred.
+    data_cfg = DataConfig(partition={"kind": "dirichlet", "alpha": 0.3, "min_samples": 3})
+    data = load_federated(data_cfg, N_CLIENTS, streams, torch.device("cpu"))
+    module, spec = build_model(ModelConfig(hidden=[16]), data.info.in_features, data.info.n_classes)
+    w0 = init_params(spec, streams.torch_generator("model.init"))
+    return streams, data, module, spec, w0
+
+
+def make_task(setup, **training) -> LocalTask:
+    _, data, module, spec, _ = setup
+    return LocalTask(module, spec, data, TrainingConfig(**training))
+
+
+def make_jobs(setup, n: int = N_JOBS, first_id: int = 0) -> list[TrainJob]:
+    """Jobs on clients of different sizes, each from its own start point and seed."""
+    streams, data, _, _, w0 = setup
+    order = data.client_sizes.argsort()  # smallest and largest clients both included
+    clients = [int(order[(i * 7) % N_CLIENTS]) for i in range(first_id, first_id + n)]
+    gen = torch.Generator().manual_seed(first_id)
+    return [
+        TrainJob(
+            i,
+            c,
+            w0 + 0.01 * torch.randn(w0.shape, generator=gen),
+            streams.sequence("training.job", i),
+        )
+        for i, c in zip(range(first_id, first_id + n), clients, strict=True)
+    ]
+
+
+def sequential_results(task: LocalTask, jobs: list[TrainJob]) -> list[torch.Tensor]:
+    trainer = SequentialTrainer(task)
+    return [trainer.submit(job).result() for job in jobs]
+
+
+def assert_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+
+
+CONFIGS = {
+    "steps": {"local_steps": 6, "batch_size": 32, "lr": 0.1},
+    "epochs": {"local_epochs": 1.0, "batch_size": 32, "lr": 0.1},
+    "momentum_wd": {"local_epochs": 1.5, "batch_size": 16, "lr": 0.05, "momentum": 0.9,
+                    "weight_decay": 1e-3},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_batched_matches_sequential(setup, name):
+    task = make_task(setup, **CONFIGS[name])
+    jobs = make_jobs(setup)
+    # The jobs really differ in batch size (small clients) and, with local_epochs, in step count.
+    shapes = {task.batches(job).shape for job in jobs}
+    assert len({b for _, b in shapes}) > 1
+    if "local_epochs" in CONFIGS[name]:
+        assert len({s for s, _ in shapes}) > 3
+
+    want = sequential_results(task, jobs)
+    trainer = BatchedTrainer(task)
+    handles = [trainer.submit(job) for job in jobs]
+    assert trainer.jobs_trained == 0 and trainer.pending == N_JOBS  # lazy
+    got = [h.result() for h in reversed(handles)][::-1]
+    assert trainer.flushes == 1 and trainer.jobs_trained == trainer.jobs_batched == N_JOBS
+    assert trainer.train_seconds > 0
+    assert not any(g.requires_grad for g in got)
+    assert_close(got, want)
+    # A job's own start vector is never modified.
+    assert all(not torch.equal(g, job.start) for g, job in zip(got, jobs, strict=True))
+
+
+def test_result_does_not_depend_on_grouping(setup):
+    task = make_task(setup, **CONFIGS["momentum_wd"])
+    jobs = make_jobs(setup)
+
+    together = BatchedTrainer(task)
+    handles = [together.submit(job) for job in jobs]
+    all_at_once = [h.result() for h in handles]
+
+    split = BatchedTrainer(task, max_batch=4)
+    first = [split.submit(job) for job in jobs[:5]]
+    first[0].result()  # trains the first five only
+    assert split.jobs_trained == 5 and split.pending == 0
+    rest = [split.submit(job) for job in reversed(jobs[5:])][::-1]
+    in_two = [h.result() for h in first + rest]
+    assert split.flushes == 2 and split.jobs_trained == N_JOBS
+
+    assert_close(in_two, all_at_once)
+
+
+def test_cancel_removes_pending_job(setup):
+    task = make_task(setup, **CONFIGS["steps"])
+    jobs = make_jobs(setup, n=4)
+    trainer = BatchedTrainer(task)
+    handles = [trainer.submit(job) for job in jobs]
+    assert handles[1].cancel() is True
+    assert trainer.pending == 3
+    handles[0].result()
+    assert trainer.jobs_trained == 3 and trainer.pending == 0
+    with pytest.raises(RuntimeError, match="cancelled"):
+        handles[1].result()
+    assert handles[2].cancel() is False  # already trained: nothing to remove
+    assert_close(
+        [handles[i].result() for i in (0, 2, 3)], sequential_results(task, jobs[::2] + jobs[3:])
+    )
+
+
+def test_auto_uses_loop_for_few_jobs_and_agrees(setup):
+    task = make_task(setup, **CONFIGS["epochs"])
+    jobs = make_jobs(setup, n=8)
+    want = sequential_results(task, jobs)
+
+    auto = make_trainer(task, "auto")
+    assert isinstance(auto, AutoTrainer)
+    one = auto.submit(jobs[0])
+    assert_close([one.result()], want[:1])
+    assert auto.jobs_trained == 1 and auto.jobs_batched == 0  # the plain loop
+
+    handles = [auto.submit(job) for job in jobs[1:]]
+    assert_close([h.result() for h in handles], want[1:])
+    assert auto.jobs_trained == 8 and auto.jobs_batched > 0
+
+
+def test_make_trainer_backends(setup):
+    task = make_task(setup)
+    assert isinstance(make_trainer(task, "sequential"), SequentialTrainer)
+    assert type(make_trainer(task, "batched")) is BatchedTrainer
+    assert make_trainer(task, "batched", max_batch=7).max_batch == 7
+    with pytest.raises(ValueError, match="unknown training backend"):
+        make_trainer(task, "ray")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(setup):
+    _, data, module, spec, _ = setup
+    cuda = torch.device("cuda")
+    gpu_data = type(data)(
+        data.info,
+        data.x_train.to(cuda),
+        data.y_train.to(cuda),
+        data.x_test.to(cuda),
+        data.y_test.to(cuda),
+        data.client_indices,
+    )
+    cfg = TrainingConfig(**CONFIGS["momentum_wd"])
+    jobs = make_jobs(setup)
+    gpu_jobs = [TrainJob(j.job_id, j.client, j.start.to(cuda), j.seed) for j in jobs]
+    want = sequential_results(LocalTask(module, spec, data, cfg), jobs)
+    trainer = BatchedTrainer(LocalTask(module, spec, gpu_data, cfg))
+    got = [trainer.submit(job) for job in gpu_jobs]
+    assert all(h.result().device.type == "cuda" for h in got)
+    for h, w in zip(got, want, strict=True):
+        torch.testing.assert_close(h.result().cpu(), w, rtol=0, atol=1e-4)
