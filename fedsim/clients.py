@@ -176,6 +176,8 @@ class ClientPool:
         if job.open:
             job.open = False
             job.arrived_at = self.env.now
+            if job.handle is not None:
+                job.handle.cancel()  # a batched trainer must not train it
             job.handle = None
             job.start = None
             self.in_flight -= 1

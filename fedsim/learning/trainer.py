@@ -76,6 +76,10 @@ class TrainHandle:
             self._result = self._trainer.train(self.job)
         return self._result
 
+    def cancel(self) -> bool:
+        """Nothing to undo: a sequential job is only trained when its result is asked for."""
+        return self._result is None
+
 
 def batch_schedule(n_samples: int, steps: int, batch: int, rng: np.random.Generator) -> np.ndarray:
     """Local positions ``[steps, b]`` of each step's mini-batch, ``b = min(batch, n_samples)``.
