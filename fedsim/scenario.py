@@ -43,7 +43,7 @@ from fedsim.timing import (
 
 
 class StopConfig(Section):
-    """When the run ends: whichever condition is met first."""
+    """When the run ends: whichever condition is met first (at least one must be set)."""
 
     time_s: PositiveFloat | None = 600.0
     """Simulated-time horizon, in seconds."""

@@ -24,6 +24,7 @@ class ConstantDelay(Section):
     """Every job takes exactly ``mean_s`` seconds."""
 
     dist: Literal["constant"] = "constant"
+    """Selects this variant."""
     mean_s: PositiveFloat = 5.0
     """Duration of every job, in seconds."""
 
@@ -43,6 +44,7 @@ class ExponentialDelay(Section):
     """Exponential durations with mean ``mean_s`` (memoryless: the queueing-theory reference case)."""
 
     dist: Literal["exponential"] = "exponential"
+    """Selects this variant."""
     mean_s: PositiveFloat = 5.0
     """Mean duration, in seconds."""
 
@@ -62,6 +64,7 @@ class LognormalDelay(Section):
     """Log-normal durations parameterised by their mean and the sigma of the underlying normal."""
 
     dist: Literal["lognormal"] = "lognormal"
+    """Selects this variant."""
     mean_s: PositiveFloat = 5.0
     """Mean duration, in seconds."""
     sigma: float = Field(0.5, ge=0)
@@ -87,10 +90,11 @@ class UniformDelay(Section):
     """Durations uniform on [``low_s``, ``high_s``]."""
 
     dist: Literal["uniform"] = "uniform"
+    """Selects this variant."""
     low_s: float = Field(1.0, ge=0)
     """Shortest duration, in seconds."""
     high_s: PositiveFloat = 9.0
-    """Longest duration, in seconds."""
+    """Longest duration, in seconds (must be > low_s)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformDelay:
@@ -116,6 +120,7 @@ class ShiftedExponentialDelay(Section):
     """``shift_s + Exp(exp_mean_s)``: a floor plus a memoryless tail (FedAST's delay law)."""
 
     dist: Literal["shifted_exponential"] = "shifted_exponential"
+    """Selects this variant."""
     shift_s: float = Field(2.5, ge=0)
     """Minimum duration, in seconds."""
     exp_mean_s: PositiveFloat = 2.5
@@ -137,6 +142,7 @@ class ParetoDelay(Section):
     """Pareto (heavy-tailed) durations: minimum ``scale_s``, tail index ``shape``."""
 
     dist: Literal["pareto"] = "pareto"
+    """Selects this variant."""
     shape: float = Field(3.0, gt=1)
     """Tail index alpha (> 1 so the mean is finite; > 2 for a finite variance)."""
     scale_s: PositiveFloat = 1.0
@@ -178,6 +184,7 @@ class NoHeterogeneity(Section):
     """All clients run at the same speed (multiplier 1)."""
 
     dist: Literal["none"] = "none"
+    """Selects this variant."""
 
     def multipliers(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return np.ones(n)
@@ -187,6 +194,7 @@ class LognormalHeterogeneity(Section):
     """Multipliers drawn log-normally with mean 1: a few clients much slower than most."""
 
     dist: Literal["lognormal"] = "lognormal"
+    """Selects this variant."""
     sigma: float = Field(0.5, ge=0)
     """Standard deviation of log(multiplier)."""
 
@@ -198,10 +206,11 @@ class UniformHeterogeneity(Section):
     """Multipliers uniform on [low, high]."""
 
     dist: Literal["uniform"] = "uniform"
+    """Selects this variant."""
     low: PositiveFloat = 0.5
     """Smallest multiplier (fastest client)."""
     high: PositiveFloat = 2.0
-    """Largest multiplier (slowest client)."""
+    """Largest multiplier (slowest client; must be >= low)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformHeterogeneity:
@@ -217,10 +226,11 @@ class ClassHeterogeneity(Section):
     """Speed classes, e.g. FedAST's 25 % slow (1.3), 50 % normal (1.0), 25 % fast (0.7)."""
 
     dist: Literal["classes"] = "classes"
+    """Selects this variant."""
     multipliers_: list[PositiveFloat] = Field([1.3, 1.0, 0.7], alias="multipliers")
     """Duration multiplier of each class."""
     fractions: list[PositiveFloat] = Field(default_factory=lambda: [0.25, 0.5, 0.25])
-    """Share of clients in each class (must sum to 1)."""
+    """Share of clients in each class (same length as multipliers; must sum to 1)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassHeterogeneity:
@@ -241,6 +251,7 @@ class LinearHeterogeneity(Section):
     """FedFix's "F-X" profile: client i takes 1 − i·spread/(n−1) (fastest is ``spread`` faster)."""
 
     dist: Literal["linear"] = "linear"
+    """Selects this variant."""
     spread: float = Field(0.8, ge=0, lt=1)
     """How much faster the fastest client is than the slowest (0.8 = "F-80")."""
 

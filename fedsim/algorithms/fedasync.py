@@ -25,6 +25,7 @@ class FedAsyncConfig(Section):
     """Fully asynchronous FL with staleness-weighted mixing."""
 
     name: Literal["fedasync"] = "fedasync"
+    """Selects this variant."""
     concurrency: PositiveInt = 20
     """Jobs kept in flight at once."""
     alpha: float = Field(0.6, gt=0, le=1)

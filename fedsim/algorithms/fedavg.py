@@ -27,6 +27,7 @@ class FedAvgConfig(Section):
     """Synchronous federated averaging."""
 
     name: Literal["fedavg"] = "fedavg"
+    """Selects this variant."""
     cohort_size: PositiveInt = 10
     """Clients whose reports are averaged each round."""
     deadline_s: PositiveFloat | None = None

@@ -28,10 +28,11 @@ class FedBuffConfig(Section):
     """Buffered asynchronous aggregation."""
 
     name: Literal["fedbuff"] = "fedbuff"
+    """Selects this variant."""
     concurrency: PositiveInt = 20
     """Jobs kept in flight at once."""
     buffer_size: PositiveInt = 10
-    """Arrivals per server step (K)."""
+    """Arrivals per server step (K); with dispatch_policy after_aggregation, at most concurrency."""
     server_lr: PositiveFloat = 1.0
     """Server learning rate η_g."""
     staleness: StalenessConfig = Field(

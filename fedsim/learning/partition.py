@@ -15,12 +15,14 @@ class IIDPartition(Section):
     """Shuffle the training set and deal it out evenly."""
 
     kind: Literal["iid"] = "iid"
+    """Selects this variant."""
 
 
 class DirichletPartition(Section):
     """Label skew: each class is split across clients with proportions drawn from Dirichlet(alpha)."""
 
     kind: Literal["dirichlet"] = "dirichlet"
+    """Selects this variant."""
     alpha: PositiveFloat = 0.5
     """Concentration: small alpha gives each client few classes; large alpha approaches IID."""
     min_samples: int = Field(1, ge=1)
