@@ -81,9 +81,9 @@ BAD_INPUTS = [
     ),
     (
         "unknown partition",
-        "data: {partition: {kind: shards}}",
+        "data: {partition: {kind: stripes}}",
         [],
-        "data.partition.kind: unknown name 'shards'",
+        "data.partition.kind: unknown name 'stripes'",
     ),
     (
         "class fractions",
