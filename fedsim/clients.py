@@ -92,6 +92,9 @@ class ClientPool:
         self._pick_u = BlockSampler(streams.generator("sampling.clients").random)
         self._next_job = 0
         self.in_flight = 0
+        self.open_jobs: dict[
+            int, Job
+        ] = {}  # id -> job, for the trace of jobs still out at the stop
         self._idle_waiters: list[simpy.Event] = []
         self._job_callbacks = (self._finish,)  # shared by every job; SimPy only iterates it
 
@@ -155,6 +158,7 @@ class ClientPool:
                 seed = self.streams.sequence("training.job", job.id)
                 job.handle = self.trainer.submit(TrainJob(job.id, client, params, seed))
         self.in_flight += 1
+        self.open_jobs[job.id] = job
         job.on_done = on_dropped if dropped else on_arrival
         job.callbacks = self._job_callbacks
         env.schedule(job, delay=delay)
@@ -166,6 +170,7 @@ class ClientPool:
         job.open = False
         job.arrived_at = self.env.now
         self.in_flight -= 1
+        del self.open_jobs[job.id]
         self.idle.append(job.client)
         if self._idle_waiters:
             self._wake_idle_waiters()
@@ -181,4 +186,5 @@ class ClientPool:
             job.handle = None
             job.start = None
             self.in_flight -= 1
+            del self.open_jobs[job.id]
             self._release(job.client)

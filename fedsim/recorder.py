@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 EVENT_SCHEMA = pa.schema(
@@ -46,10 +47,20 @@ EVAL_SCHEMA = pa.schema(
 )
 """Columns of ``evals.parquet``: one row per evaluation of a server's model."""
 
-STATUSES = ("applied", "buffered", "dropped", "rejected", "late", "cancelled", "abandoned")
-"""Job outcomes: applied (in the model now), buffered (waiting in a buffer), dropped (client lost),
-rejected (non-finite update), late (past a deadline, a closed round or max_staleness), cancelled
-(over-selection: not needed), abandoned (its round had too few reports and was discarded)."""
+STATUSES = (
+    "applied",
+    "buffered",
+    "dropped",
+    "rejected",
+    "late",
+    "cancelled",
+    "abandoned",
+    "in_flight",
+)
+"""Job outcomes: applied (in the model now), buffered (received, waiting for a server step or the
+close of its round), dropped (client lost), rejected (non-finite update), late (past a deadline, a
+closed round or max_staleness), cancelled (over-selection: not needed), abandoned (its round had too
+few reports and was discarded), in_flight (still out when the run stopped)."""
 
 
 class TraceWriter:
@@ -93,9 +104,16 @@ class TraceWriter:
             self._parts += 1
 
     def close(self) -> pd.DataFrame:
-        """Write the single final file, remove the parts, and return the whole table."""
+        """Write the single final file (rows in time order), remove the parts, return the table.
+
+        Rows are recorded when an outcome is known, which is not always in time order (a FedAvg
+        round writes its reports when it closes); the final file is stably sorted by ``sim_time``.
+        """
         self.flush()
         table = pa.concat_tables(self._tables) if self._tables else self._to_table([])
+        if table.num_rows:
+            order = pc.sort_indices(table, sort_keys=[("sim_time", "ascending")])
+            table = table.take(order)
         if self.path is not None:
             pq.write_table(table, self.path)
             shutil.rmtree(self._parts_dir, ignore_errors=True)

@@ -35,7 +35,7 @@ from fedsim.scenario import Scenario, load_scenario
 from fedsim.timing import ClientTiming
 
 ACCEPTED = frozenset({"applied", "buffered"})
-NOT_UPLOADED = frozenset({"dropped", "cancelled"})
+NOT_UPLOADED = frozenset({"dropped", "cancelled", "in_flight"})
 PROGRESS_EVERY_ROWS = 4096
 
 
@@ -228,6 +228,9 @@ class Simulation:
             raise SimulationError(f"run failed at simulated time {env.now:.3f}s: {exc!r}") from exc
         if self.last_eval.get("sim_time") != env.now or not self.evals.total + len(self.evals.rows):
             self.evaluate()
+        self.algorithm.finish()
+        for job in list(self.pool.open_jobs.values()):
+            self.record_job(job, "in_flight")  # still out at the stop: downloaded, never returned
         return self._finish()
 
     def _finish_files(self) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -43,7 +43,9 @@ def test_nan_producing_clients_never_corrupt_the_model(small_learning, algorithm
     result = sim.run()
     counts = result.summary["status_counts"]
     assert counts.get("rejected", 0) > 0
-    assert counts.get("applied", 0) == 0 and counts.get("buffered", 0) == 0
+    assert counts.get("applied", 0) == 0
+    if algorithm != "fedavg":  # FedAvg's open round at the stop is "buffered" (never inspected)
+        assert counts.get("buffered", 0) == 0
     assert torch.equal(sim.servers[0].params, initial)
     assert result.evals["loss"].map(math.isfinite).all()
 

@@ -85,6 +85,9 @@ class Algorithm:
     def on_arrival(self, job: Job) -> None:
         raise NotImplementedError
 
+    def finish(self) -> None:
+        """Called once at the stop: record what the algorithm still holds (nothing by default)."""
+
     def on_dropped(self, job: Job) -> None:
         """A job was lost; by default just record it."""
         self.record(job, "dropped")

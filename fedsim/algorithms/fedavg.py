@@ -92,14 +92,21 @@ class FedAvg(Algorithm):
         if (enough or self.finished == self.expected) and not self.round_done.triggered:
             self.round_done.succeed()
 
+    def finish(self) -> None:
+        """At the stop, reports of the open round are waiting for it to close: ``buffered``."""
+        for job in self.reports:
+            self.record(job, "buffered")
+        self.reports = []
+
     def close_round(self, jobs: list[Job]) -> None:
         cfg = self.config
         accepted = self.reports[: cfg.cohort_size]
+        self.reports = []
         if len(accepted) >= cfg.cohort_size:
             for job in jobs:
                 if job.open:
+                    self.record(job, "cancelled")  # before cancel: the row describes this moment
                     self.pool.cancel(job)
-                    self.record(job, "cancelled")
         if not accepted or len(accepted) < cfg.min_fraction * cfg.cohort_size:
             for job in accepted:
                 self.record(job, "abandoned")
