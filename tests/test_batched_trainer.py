@@ -15,6 +15,15 @@ N_CLIENTS = 30
 N_JOBS = 20
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine's other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def setup():
     streams = SeedStreams(11)
@@ -66,22 +75,27 @@ CONFIGS = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("pad", ["exact", "pow2", "full"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_batched_matches_sequential(setup, name):
+def test_batched_matches_sequential(setup, name, pad):
     task = make_task(setup, **CONFIGS[name])
     jobs = make_jobs(setup)
     # The jobs really differ in batch size (small clients) and, with local_epochs, in step count.
     shapes = {task.batches(job).shape for job in jobs}
-    assert len({b for _, b in shapes}) > 1
+    n_sizes = len({b for _, b in shapes})
+    assert n_sizes > 2
     if "local_epochs" in CONFIGS[name]:
         assert len({s for s, _ in shapes}) > 3
 
     want = sequential_results(task, jobs)
-    trainer = BatchedTrainer(task)
+    trainer = BatchedTrainer(task, pad=pad)
     handles = [trainer.submit(job) for job in jobs]
     assert trainer.jobs_trained == 0 and trainer.pending == N_JOBS  # lazy
     got = [h.result() for h in reversed(handles)][::-1]
     assert trainer.flushes == 1 and trainer.jobs_trained == trainer.jobs_batched == N_JOBS
+    # exact: one stack per batch size; full: all in one padded stack; pow2: in between.
+    assert trainer.stacks == {"exact": n_sizes, "full": 1}.get(pad, trainer.stacks)
+    assert 1 <= trainer.stacks < n_sizes or pad == "exact"
     assert trainer.train_seconds > 0
     assert not any(g.requires_grad for g in got)
     assert_close(got, want)

@@ -7,10 +7,17 @@ built once from the jobs' own seeds (:meth:`LocalTask.batches`), and per local s
 ``vmap(grad(task.loss))`` for every client still training. Because each job's batches come from
 its own seed, a job's result does not depend on which other jobs it was batched with.
 
-Jobs are grouped by mini-batch size ``b = min(batch_size, n_client)`` (a vmapped step needs equal
-shapes) and, inside a group, ordered by number of local steps, longest first; at step ``t`` the
-clients still training are then a prefix of the stack, so finished clients are neither computed nor
-updated. Groups are cut into chunks of at most ``max_batch`` jobs to bound memory.
+A vmapped step needs equal shapes, but clients differ in mini-batch size ``b = min(batch_size,
+n_client)`` and in number of local steps. Jobs are grouped by a *bucket* of ``b`` (``pad``: the next
+power of two by default, so padding at most doubles the work; a bucket of only a few jobs is padded
+further, into the next larger one). In a stack, each mini-batch is padded to the stack's largest
+``b`` and a job's loss is the mean over its own ``b`` samples only (weight 0 on the padding). This
+needs a loss that is a mean of independent per-sample losses (no batch-coupled layers such as
+BatchNorm); per-sample losses come from ``task.sample_losses`` when the task has one, else from
+``task.loss`` on one-sample batches (``vmap`` again). Inside a stack, jobs are ordered by number of
+local steps, longest first; at step ``t`` the clients still training are then a prefix of the stack,
+so finished clients are neither computed nor updated. Stacks hold at most ``max_batch`` jobs, to
+bound memory.
 
 The optimiser is :class:`~fedsim.learning.trainer.SequentialTrainer`'s, per job: ``g += wd * w``;
 momentum buffer ``= g`` at the first step, else ``mu * buf + g``; ``w -= lr * g``.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,6 +36,16 @@ from torch.func import grad, vmap
 from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainJob
 
 BACKENDS = ("auto", "batched", "sequential")
+PadPolicy = Literal["exact", "pow2", "full"]
+
+
+def _bucket(b: int, batch_size: int, pad: PadPolicy) -> int:
+    """The padded mini-batch size that a job with ``b`` samples per step shares a stack with."""
+    if pad == "exact":
+        return b
+    if pad == "full":
+        return batch_size
+    return min(batch_size, 1 << (b - 1).bit_length())
 
 
 class BatchedHandle:
@@ -68,16 +86,32 @@ class BatchedTrainer:
     training, their gradients come from plain per-client autograd instead (for one or two clients
     that is faster than ``vmap``); a whole group of at most ``sequential_max`` jobs is trained by
     :class:`SequentialTrainer` itself. ``sequential_max=0`` always uses ``vmap``.
+
+    ``pad`` says which jobs share a stack: ``exact`` only jobs with equal mini-batch size (no
+    padding); ``pow2`` (default) sizes with the same next power of two, a bucket of fewer than
+    ``min_stack`` jobs joining the next larger one; ``full`` every job (padded to ``batch_size``).
     """
 
-    def __init__(self, task: LocalTask, max_batch: int = 1024, sequential_max: int = 0) -> None:
+    def __init__(
+        self,
+        task: LocalTask,
+        max_batch: int = 1024,
+        sequential_max: int = 0,
+        pad: PadPolicy = "pow2",
+        min_stack: int = 16,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if pad not in ("exact", "pow2", "full"):
+            raise ValueError(f"pad must be exact, pow2 or full, got {pad!r}")
         self.task = task
         self.max_batch = int(max_batch)
         self.sequential_max = int(sequential_max)
+        self.pad = pad
+        self.min_stack = int(min_stack)
         self._sequential = SequentialTrainer(task)
         self._vgrad = vmap(grad(task.loss))
+        self._vgrad_masked = vmap(grad(self._weighted_loss))
         self._pending: dict[BatchedHandle, None] = {}  # insertion-ordered set
         self.jobs_batched = 0
         """Jobs trained with vmapped steps."""
@@ -85,6 +119,8 @@ class BatchedTrainer:
         """How many times the pending set was trained."""
         self.largest_flush = 0
         """Most jobs trained in one flush."""
+        self.stacks = 0
+        """Stacks trained with vmapped steps (one per batch-size bucket and chunk of a flush)."""
         self.train_seconds = 0.0
         """Real time spent training (for the overhead split)."""
 
@@ -102,6 +138,20 @@ class BatchedTrainer:
         self._pending[handle] = None
         return handle
 
+    def _sample_losses(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses ``[b]``: ``task.sample_losses`` or ``task.loss`` on one-sample batches."""
+        own = getattr(self.task, "sample_losses", None)
+        if own is not None:
+            return own(flat, x, y)
+        loss = self.task.loss
+        return vmap(lambda xi, yi: loss(flat, xi.unsqueeze(0), yi.unsqueeze(0)))(x, y)
+
+    def _weighted_loss(
+        self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean loss over a padded mini-batch: ``weight`` is 1/b on the b real samples, 0 after."""
+        return (self._sample_losses(flat, x, y) * weight).sum()
+
     def _discard(self, handle: BatchedHandle) -> bool:
         return self._pending.pop(handle, False) is None
 
@@ -115,20 +165,15 @@ class BatchedTrainer:
         self.largest_flush = max(self.largest_flush, len(handles))
         started = time.perf_counter()
         try:
-            groups: dict[tuple, list[tuple[BatchedHandle, np.ndarray]]] = defaultdict(list)
-            for h in handles:
-                rows = self.task.batches(h.job)
-                start = h.job.start
-                groups[(rows.shape[1], start.device, start.dtype)].append((h, rows))
-            for members in groups.values():
+            for members in self._groups(handles):
                 if len(members) <= self.sequential_max:
                     for h, _ in members:
                         h._result = self._sequential.train(h.job)
                     continue
                 # Longest first: at every step the clients still training are a prefix.
-                members.sort(key=lambda m: -m[1].shape[0])
+                members.sort(key=lambda m: -m[1])
                 for i in range(0, len(members), self.max_batch):
-                    self._train_chunk(members[i : i + self.max_batch])
+                    self._train_chunk([h for h, _ in members[i : i + self.max_batch]])
         except BaseException:
             # Keep what was not trained pending, so a later result() can try again.
             for h in handles:
@@ -138,42 +183,97 @@ class BatchedTrainer:
         finally:
             self.train_seconds += time.perf_counter() - started
 
-    def _grads(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if len(w) <= self.sequential_max:
-            return torch.stack([self._sequential._grad(w[i], x[i], y[i]) for i in range(len(w))])
-        return self._vgrad(w, x, y)
+    def _groups(self, handles: list[BatchedHandle]) -> list[list[tuple[BatchedHandle, int]]]:
+        """Jobs that share a stack, each with its number of local steps.
 
-    def _train_chunk(self, members: list[tuple[BatchedHandle, np.ndarray]]) -> None:
-        """Train jobs with equal batch size, sorted by steps (descending), in one stack."""
+        Buckets of the padding policy; with ``pow2``, a bucket of fewer than ``min_stack`` jobs is
+        padded further, into the next larger bucket (one stack costs about as much as a few jobs).
+        """
+        task, batch = self.task, self.task.config.batch_size
+        sizes = task.data.client_sizes
+        by_kind: dict[tuple, dict[int, list[tuple[BatchedHandle, int]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for h in handles:
+            client, start = h.job.client, h.job.start
+            width = _bucket(min(batch, int(sizes[client])), batch, self.pad)
+            by_kind[(start.device, start.dtype)][width].append((h, task.steps_for(client)))
+        groups = []
+        for buckets in by_kind.values():
+            widths = sorted(buckets)
+            carry: list[tuple[BatchedHandle, int]] = []
+            for j, width in enumerate(widths):
+                carry += buckets[width]
+                if self.pad == "pow2" and len(carry) < self.min_stack and j + 1 < len(widths):
+                    continue
+                groups.append(carry)
+                carry = []
+        return groups
+
+    def _grads(
+        self,
+        w: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        padding: tuple[list[int], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Gradients ``[k, d]`` of each client's mean loss on its mini-batch.
+
+        ``padding`` is None when no mini-batch is padded, else each client's real size ``b[i]`` (the
+        first ``b[i]`` of its ``x[i]``) and the weights ``[n, width]`` of :meth:`_weighted_loss`.
+        """
+        k = len(w)
+        if k <= self.sequential_max:
+            grad_of = self._sequential._grad
+            if padding is None:
+                return torch.stack([grad_of(w[i], x[i], y[i]) for i in range(k)])
+            b = padding[0]
+            return torch.stack([grad_of(w[i], x[i, : b[i]], y[i, : b[i]]) for i in range(k)])
+        if padding is None:
+            return self._vgrad(w, x, y)
+        return self._vgrad_masked(w, x, y, padding[1][:k])
+
+    def _train_chunk(self, handles: list[BatchedHandle]) -> None:
+        """Train jobs of one batch-size bucket, sorted by steps (descending), in one stack."""
         cfg = self.task.config
         data = self.task.data
-        first = members[0][0].job.start
-        device = first.device
-        steps = np.array([rows.shape[0] for _, rows in members])
-        n, t_max, b = len(members), int(steps[0]), members[0][1].shape[1]
-        index = np.zeros((n, t_max, b), dtype=np.int64)
-        for i, (_, rows) in enumerate(members):
-            index[i, : rows.shape[0]] = rows
-        index_t = torch.as_tensor(index, device=device)
+        device = handles[0].job.start.device
+        schedules = [self.task.batches(h.job) for h in handles]  # [steps_i, b_i] each
+        steps = np.array([rows.shape[0] for rows in schedules])
+        sizes = [rows.shape[1] for rows in schedules]
+        n, t_max, width = len(handles), int(steps[0]), max(sizes)
+        index = np.zeros((n, t_max, width), dtype=np.int64)
+        for i, rows in enumerate(schedules):
+            index[i, : rows.shape[0], : rows.shape[1]] = rows
+            index[i, :, rows.shape[1] :] = index[i, :, :1]  # padding: any valid row, weight 0
+        index_t = torch.as_tensor(index, device=device)  # the only host-to-device copies
+        padding = None
+        if min(sizes) < width:
+            weight = np.zeros((n, width), dtype=np.float64)
+            for i, bi in enumerate(sizes):
+                weight[i, :bi] = 1.0 / bi
+            dtype = handles[0].job.start.dtype
+            padding = (sizes, torch.as_tensor(weight, dtype=dtype, device=device))
         # active[t] = number of jobs with more than t steps (a prefix, as steps are sorted).
         active = (steps[None, :] > np.arange(t_max)[:, None]).sum(1).tolist()
-        w = torch.stack([h.job.start for h, _ in members]).detach().clone()
+        w = torch.stack([h.job.start for h in handles]).detach().clone()
         buf: torch.Tensor | None = None
         x_all, y_all = data.x_train, data.y_train
         for t in range(t_max):
             k = active[t]
             rows = index_t[:k, t]
             wk = w[:k]
-            g = self._grads(wk, x_all[rows], y_all[rows])
+            g = self._grads(wk, x_all[rows], y_all[rows], padding)
             if cfg.weight_decay:
                 g = g + cfg.weight_decay * wk
             if cfg.momentum:
                 buf = g if buf is None else cfg.momentum * buf[:k] + g
                 g = buf
             w[:k] = wk - cfg.lr * g
-        for (h, _), w_end in zip(members, w.unbind(0), strict=True):
+        for h, w_end in zip(handles, w.unbind(0), strict=True):
             h._result = w_end
         self.jobs_batched += n
+        self.stacks += 1
 
 
 class AutoTrainer(BatchedTrainer):
@@ -183,16 +283,24 @@ class AutoTrainer(BatchedTrainer):
     from a few on (see DESIGN.md and ``benchmarks/bench_trainer.py``).
     """
 
-    def __init__(self, task: LocalTask, max_batch: int = 1024, sequential_max: int = 2) -> None:
-        super().__init__(task, max_batch=max_batch, sequential_max=sequential_max)
+    def __init__(
+        self,
+        task: LocalTask,
+        max_batch: int = 1024,
+        sequential_max: int = 2,
+        pad: PadPolicy = "pow2",
+    ) -> None:
+        super().__init__(task, max_batch=max_batch, sequential_max=sequential_max, pad=pad)
 
 
-def make_trainer(task: LocalTask, backend: str, *, max_batch: int = 1024):
+def make_trainer(
+    task: LocalTask, backend: str, *, max_batch: int = 1024, pad: PadPolicy = "pow2"
+) -> SequentialTrainer | BatchedTrainer:
     """The trainer for ``training.backend``: ``sequential``, ``batched`` or ``auto``."""
     if backend == "sequential":
         return SequentialTrainer(task)
     if backend == "batched":
-        return BatchedTrainer(task, max_batch=max_batch)
+        return BatchedTrainer(task, max_batch=max_batch, pad=pad)
     if backend == "auto":
-        return AutoTrainer(task, max_batch=max_batch)
+        return AutoTrainer(task, max_batch=max_batch, pad=pad)
     raise ValueError(f"unknown training backend {backend!r}; expected one of {', '.join(BACKENDS)}")
