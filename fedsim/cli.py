@@ -30,6 +30,9 @@ def _fail(message: str, code: int) -> None:
 @click.version_option(package_name="fedsim")
 def cli() -> None:
     """fedsim: simulate asynchronous federated learning in simulated wall-clock time."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI only ever writes files
 
 
 _set_option = click.option(
@@ -47,10 +50,18 @@ _set_option = click.option(
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--no-plots", is_flag=True, help="Do not write the standard figures to RUN_DIR/plots."
+)
 def run(
-    scenario_file: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool, device: str
+    scenario_file: Path,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    quiet: bool,
+    device: str,
+    no_plots: bool,
 ) -> None:
-    """Run SCENARIO_FILE and write its run directory."""
+    """Run SCENARIO_FILE and write its run directory (with plots/ unless --no-plots)."""
     from fedsim.progress import RichProgress
     from fedsim.scenario import load_scenario
     from fedsim.simulation import run as run_scenario
@@ -61,6 +72,11 @@ def run(
     else:
         with RichProgress() as progress:
             result = run_scenario(scenario, out=out, device=device, progress=progress)
+    if not no_plots and result.run_dir is not None:
+        from fedsim.plots import save_standard_figures
+
+        save_standard_figures(result, result.run_dir / "plots")
+    if not quiet:
         _print_summary(result.summary)
 
 
@@ -104,6 +120,41 @@ def validate(scenario_file: Path, overrides: tuple[str, ...]) -> None:
 
     scenario = load_scenario(scenario_file, overrides)
     click.echo(f"ok: {scenario.name} ({scenario.algorithm.name}, hash {scenario.hash()})")
+
+
+PLOT_KINDS = ("accuracy", "loss", "staleness", "staleness_time", "timeline", "contribution")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice(PLOT_KINDS), default="accuracy", show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
+    """Plot one or more run directories (several runs overlay where the kind allows)."""
+    from fedsim import plots
+    from fedsim.simulation import Result
+
+    results = [Result.load(d) for d in run_dirs]
+    single = {"staleness_time", "timeline", "contribution"}
+    if kind in single and len(results) > 1:
+        raise click.UsageError(f"--kind {kind} takes one run directory, got {len(results)}")
+    if kind in ("accuracy", "loss"):
+        if not any(plots.has_metric(r, kind) for r in results):
+            raise ScenarioError(
+                f"no {kind} recorded in {', '.join(map(str, run_dirs))} (timing-only run?)"
+            )
+        figure = plots.accuracy_vs_time(results, metric=kind)
+    elif kind == "staleness":
+        figure = plots.staleness(results)
+    elif kind == "staleness_time":
+        figure = plots.staleness_over_time(results[0])
+    elif kind == "timeline":
+        figure = plots.client_timeline(results[0])
+    else:
+        figure = plots.client_contribution(results[0], speeds=plots.client_speeds(results[0]))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_file, dpi=120)
+    click.echo(f"wrote {out_file}")
 
 
 @cli.command()

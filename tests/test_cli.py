@@ -211,3 +211,37 @@ def test_validate_schema_and_list(capsys, root: Path):
     code, out, _ = _run_cli(["list"], capsys)
     assert "algorithms: fedavg, fedasync, fedbuff" in out
     assert "delay laws: constant, exponential" in out
+
+
+def test_run_writes_standard_plots_and_plot_command(tmp_path, capsys, small_learning):
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small_learning))
+    out = tmp_path / "run"
+    code, _, _ = _run_cli(["run", str(path), "--out", str(out), "--quiet"], capsys)
+    assert code == 0
+    assert {p.name for p in (out / "plots").iterdir()} == {
+        "accuracy.png",
+        "staleness.png",
+        "timeline.png",
+        "contribution.png",
+    }
+    figure = tmp_path / "fig" / "acc.png"
+    code, out_text, _ = _run_cli(["plot", str(out), str(out), "--out", str(figure)], capsys)
+    assert code == 0 and figure.stat().st_size > 10_000
+    code, _, _ = _run_cli(
+        ["run", str(path), "--out", str(tmp_path / "np"), "-q", "--no-plots"], capsys
+    )
+    assert not (tmp_path / "np" / "plots").exists()
+
+
+@pytest.mark.parametrize("target", ["missing", "foreign"])
+def test_plot_on_a_non_run_directory_exits_2(tmp_path, capsys, target):
+    directory = tmp_path / target
+    if target == "foreign":
+        directory.mkdir()
+        (directory / "notes.txt").write_text("not a run")
+    code, _, err = _run_cli(["plot", str(directory), "--out", str(tmp_path / "x.png")], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "not a fedsim run directory" in err
