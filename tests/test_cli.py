@@ -228,7 +228,7 @@ def test_run_writes_standard_plots_and_plot_command(tmp_path, capsys, small_lear
         "contribution.png",
     }
     figure = tmp_path / "fig" / "acc.png"
-    code, out_text, _ = _run_cli(["plot", str(out), str(out), "--out", str(figure)], capsys)
+    code, _, _ = _run_cli(["plot", str(out), str(out), "--out", str(figure)], capsys)
     assert code == 0 and figure.stat().st_size > 10_000
     code, _, _ = _run_cli(
         ["run", str(path), "--out", str(tmp_path / "np"), "-q", "--no-plots"], capsys
