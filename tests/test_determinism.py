@@ -16,7 +16,9 @@ import pytest
 import torch
 
 import fedsim
-from fedsim.simulation import Result
+from fedsim.learning.batched import make_trainer
+from fedsim.scenario import load_scenario
+from fedsim.simulation import Result, Simulation
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -122,6 +124,14 @@ def test_trace_does_not_depend_on_learning_chunking_or_backend(tmp_path):
     # ... while another backend gives the same model up to float re-association.
     sequential = fedsim.run(scenario, variants["backend"], save=False)
     np.testing.assert_allclose(sequential.evals["loss"], base.evals["loss"], rtol=1e-5, atol=1e-6)
+    # The vmap trainer, installed by hand (whatever training.backend selects inside the simulation):
+    # the same events, and the same models up to float re-association.
+    sim = Simulation(load_scenario(scenario))
+    sim.trainer = sim.pool.trainer = make_trainer(sim.trainer.task, "batched")
+    batched = sim.run()
+    assert sim.trainer.jobs_batched > 0 and sim.trainer.largest_flush > 1
+    pd.testing.assert_frame_equal(batched.events, base.events, check_exact=True, obj="batched")
+    np.testing.assert_allclose(batched.evals["loss"], base.evals["loss"], rtol=1e-5, atol=1e-6)
     # A trace flushed in chunks of 7 rows reads back the same as one written at the end.
     chunked = fedsim.run(scenario, {"output.flush_rows": 7}, out=tmp_path / "chunked")
     assert len(chunked.events) > 7 * 4

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from fedsim.learning.batched import BatchedTrainer, make_trainer
 from fedsim.learning.trainer import batch_schedule
 from fedsim.rng import SeedStreams
 from fedsim.scenario import load_scenario
@@ -56,8 +57,11 @@ def scenario(algorithm: dict, *, time_s: float, **sections) -> dict:
 class Run:
     """A simulation with its initial model and every model it published, in order."""
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict, *, trainer: str | None = None) -> None:
         self.sim = Simulation(load_scenario(data))
+        if trainer is not None:  # install a trainer backend by hand (make_trainer's names)
+            installed = make_trainer(self.sim.trainer.task, trainer)
+            self.sim.trainer = self.sim.pool.trainer = installed
         server = self.sim.servers[0]
         self.initial = server.params.clone()
         self.published: list[torch.Tensor] = []
@@ -97,17 +101,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 # L1: FedBuff with K = C = m, equal times, after-aggregation dispatch, s = 1, eta_g = 1 ≡ FedAvg
 
 
-@pytest.mark.parametrize("backend", ["sequential", "auto"])
+@pytest.mark.parametrize("backend", ["sequential", "auto", "batched"])
 def test_fedbuff_equals_fedavg_with_equal_speeds_and_after_aggregation(backend):
-    """Bit for bit, with either trainer backend (both algorithms train the same jobs together)."""
+    """Bit for bit, with any trainer backend (both algorithms train the same jobs together).
+
+    ``batched`` installs the vmap trainer by hand, so that path is covered whatever
+    ``training.backend`` selects inside the simulation."""
     m, horizon = 4, 10.5  # ten rounds of 1 s
-    training = {"local_steps": 5, "batch_size": 16, "lr": 0.1, "backend": backend}
+    trainer = "batched" if backend == "batched" else None
+    training = {
+        "local_steps": 5,
+        "batch_size": 16,
+        "lr": 0.1,
+        "backend": "auto" if trainer else backend,
+    }
     fedavg = Run(
         scenario(
             {"name": "fedavg", "cohort_size": m, "weighting": "uniform"},
             time_s=horizon,
             training=training,
-        )
+        ),
+        trainer=trainer,
     )
     fedbuff_algo = {
         "name": "fedbuff",
@@ -117,7 +131,9 @@ def test_fedbuff_equals_fedavg_with_equal_speeds_and_after_aggregation(backend):
         "staleness": {"kind": "constant"},
         "server_lr": 1.0,
     }
-    fedbuff = Run(scenario(fedbuff_algo, time_s=horizon, training=training))
+    fedbuff = Run(scenario(fedbuff_algo, time_s=horizon, training=training), trainer=trainer)
+    if trainer:
+        assert isinstance(fedavg.sim.trainer, BatchedTrainer) and fedavg.sim.trainer.jobs_batched
 
     assert len(fedavg.published) == len(fedbuff.published) == 10
     for r, (a, b) in enumerate(zip(fedavg.published, fedbuff.published, strict=True)):
@@ -140,7 +156,8 @@ def test_fedbuff_equals_fedavg_with_equal_speeds_and_after_aggregation(backend):
     immediate = Run(
         scenario(
             {**fedbuff_algo, "dispatch_policy": "immediate"}, time_s=horizon, training=training
-        )
+        ),
+        trainer=trainer,
     )
     assert torch.equal(immediate.published[0], fedavg.published[0])
     assert not torch.allclose(immediate.published[1], fedavg.published[1], atol=1e-4)
