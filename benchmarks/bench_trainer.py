@@ -30,7 +30,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="local steps per job")
     p.add_argument("--batch", type=int, default=32, help="mini-batch size")
     p.add_argument("--hidden", type=int, nargs="*", default=[64], help="MLP hidden widths")
-    p.add_argument("--clients", type=int, default=40, help="clients (IID digits; ~36 samples each)")
+    p.add_argument(
+        "--clients", type=int, default=40, help="clients (digits: 1438 training samples)"
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="Dirichlet label skew (client sizes differ; some below --batch); default IID",
+    )
+    p.add_argument("--pad", choices=["exact", "pow2", "full"], default="pow2")
     p.add_argument(
         "--min-time", type=float, default=3.0, help="seconds per pending count (at least)"
     )
@@ -48,7 +57,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     streams = SeedStreams(args.seed)
-    data = load_federated(DataConfig(partition={"kind": "iid"}), args.clients, streams, device)
+    partition = (
+        {"kind": "iid"} if args.alpha is None else {"kind": "dirichlet", "alpha": args.alpha}
+    )
+    data = load_federated(DataConfig(partition=partition), args.clients, streams, device)
     module, spec = build_model(
         ModelConfig(hidden=args.hidden), data.info.in_features, data.info.n_classes
     )
@@ -80,7 +92,9 @@ def main() -> None:
         Backends take turns flush by flush (in rotating order), so a load change on the machine
         hits all of them alike and the ratios stay meaningful.
         """
-        trainers = {b: make_trainer(task, b, max_batch=args.max_batch) for b in args.backends}
+        trainers = {
+            b: make_trainer(task, b, max_batch=args.max_batch, pad=args.pad) for b in args.backends
+        }
         times: dict[str, list[float]] = {b: [] for b in args.backends}
 
         def flush(backend: str) -> float:
@@ -106,11 +120,14 @@ def main() -> None:
         return {b: n / statistics.median(t) for b, t in times.items()}
 
     rows = [(n, measure(n)) for n in args.pending]
+    sizes = data.client_sizes
 
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    split = "IID" if args.alpha is None else f"Dirichlet {args.alpha}"
     print(
         f"digits MLP hidden={args.hidden} ({spec.numel} params), {args.steps} local steps, "
-        f"batch {args.batch}; device {device} ({dev or platform.machine()}), "
+        f"batch {args.batch}, {args.clients} clients ({split}, sizes {sizes.min()}-{sizes.max()}), "
+        f"pad {args.pad}; device {device} ({dev or platform.machine()}), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f}; median per-flush time over interleaved rounds\n"
     )
