@@ -28,7 +28,8 @@ from fedsim.clients import ClientPool, Job
 from fedsim.errors import ScenarioError, SimulationError
 from fedsim.learning.data import dataset_info, load_federated
 from fedsim.learning.models import build_model, init_params
-from fedsim.learning.trainer import Evaluator, LocalTask, SequentialTrainer
+from fedsim.learning.batched import make_trainer
+from fedsim.learning.trainer import Evaluator, LocalTask
 from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, read_table
 from fedsim.rng import SeedStreams
 from fedsim.scenario import Scenario, load_scenario
@@ -88,7 +89,7 @@ class Simulation:
             self.data = load_federated(scenario.data, n_clients, self.streams, self.device)
             self.client_sizes = self.data.client_sizes
             task = LocalTask(module, self.spec, self.data, scenario.training)
-            self.trainer = SequentialTrainer(task)
+            self.trainer = make_trainer(task, scenario.training.backend)
             self.evaluator = Evaluator(module, self.spec, self.data)
             params = init_params(self.spec, self.streams.torch_generator("model.init"))
             params = params.to(self.device)

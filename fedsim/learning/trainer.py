@@ -42,8 +42,10 @@ class TrainingConfig(Section):
     """SGD momentum (state is per job, starting at zero)."""
     weight_decay: float = Field(0.0, ge=0)
     """L2 penalty added to the gradient."""
-    backend: Literal["auto", "sequential"] = "auto"
-    """How jobs are executed; results do not depend on it. auto = the fastest available."""
+    backend: Literal["auto", "batched", "sequential"] = "auto"
+    """How jobs are executed; results do not depend on it. sequential = one job at a time (the
+    reference); batched = every pending job in one vmapped step; auto = batched, except the plain
+    loop when only one or two jobs are pending."""
 
 
 @dataclass(slots=True)
