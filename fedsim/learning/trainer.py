@@ -107,7 +107,13 @@ class LocalTask:
         self.data = data
         self.config = config
 
+    def sample_losses(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses (the batched trainer masks padded samples with them)."""
+        logits = functional_call(self.module, self.spec.views(flat), (x,))
+        return nn.functional.cross_entropy(logits, y, reduction="none")
+
     def loss(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean loss of a mini-batch."""
         logits = functional_call(self.module, self.spec.views(flat), (x,))
         return nn.functional.cross_entropy(logits, y)
 
