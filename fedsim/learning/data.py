@@ -2,41 +2,198 @@
 
 All training samples live in one tensor on the device; a client is a set of row indices into it. A
 client that is not training holds no tensors at all.
+
+Every dataset is generated, shipped inside an installed package, or read from a local path the user
+gives (``data.path``); nothing is ever fetched from the network. A loader returns a :class:`RawData`:
+samples and labels, and, where the dataset has them, its own test split and each sample's owner (the
+client it was generated for, used by the ``natural`` partition).
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from fedsim.config_base import Section
-from fedsim.learning.partition import DirichletPartition, Partition, make_partition
+from fedsim.errors import ScenarioError
+from fedsim.learning.partition import (
+    DirichletPartition,
+    NaturalPartition,
+    Partition,
+    make_partition,
+)
 from fedsim.rng import SeedStreams
+
+DatasetName = Literal[
+    "digits",
+    "synthetic_classification",
+    "synthetic_regression",
+    "mnist1d",
+    "mnist_idx",
+    "fashion_mnist_idx",
+    "cifar10",
+]
+FILE_DATASETS = ("mnist_idx", "fashion_mnist_idx", "cifar10")
+"""Datasets read from local files under ``data.path``."""
+
+
+class SyntheticClassification(Section):
+    """Gaussian mixture drawn from the scenario seed, generated client by client.
+
+    Class means are drawn once; sample j of class c is ``mean_c + noise`` plus the offset of the
+    client it was generated for. Client i's offset is drawn from the seed (the i-th row of one
+    stream, so it does not depend on the number of clients): with ``feature_shift > 0`` and the
+    ``natural`` partition each client sees its own shifted features (feature skew). Samples are
+    generated for clients in equal blocks; labels are uniform.
+    """
+
+    n_samples: PositiveInt = 2000
+    """Samples generated in all, test samples included."""
+    n_features: PositiveInt = 20
+    """Dimension of each sample."""
+    n_classes: int = Field(10, ge=2)
+    """Number of classes (mixture components)."""
+    class_sep: PositiveFloat = 0.5
+    """Standard deviation of each coordinate of a class mean (larger separates classes more)."""
+    noise: PositiveFloat = 1.0
+    """Standard deviation of each coordinate of the within-class noise."""
+    feature_shift: float = Field(0.0, ge=0)
+    """Standard deviation of each coordinate of a client's offset; 0 = no feature skew."""
+
+
+class SyntheticRegression(Section):
+    """Linear model ``y = x · w + b + noise`` with known ``w* = (w, b)``, generated client by client.
+
+    Features are uniform on ``[x_low, x_high)`` in every coordinate, plus the offset of the client
+    they were generated for (drawn from the seed as in ``synthetic_classification``), so with
+    ``feature_shift > 0`` and the ``natural`` partition clients see different x ranges but share
+    the optimum w*. Defaults give the DFL toy of ALGORITHMS.md §3.8: ``y = 5x + 2 + N(0, 0.1²)``.
+    """
+
+    n_samples: PositiveInt = 2000
+    """Samples generated in all, test samples included."""
+    n_features: PositiveInt = 1
+    """Dimension of x."""
+    w_star: list[float] | None = None
+    """True coefficients then intercept (n_features + 1 numbers); null: (5, 2) for one feature,
+    else drawn from N(0, 1) with the seed."""
+    noise: float = Field(0.1, ge=0)
+    """Standard deviation of the Gaussian noise added to y."""
+    x_low: float = 0.0
+    """Lower end of the range of every coordinate of x (before the client's offset)."""
+    x_high: float = 1.0
+    """Upper end of the range of every coordinate of x (before the client's offset)."""
+    feature_shift: float = Field(0.0, ge=0)
+    """Standard deviation of each coordinate of a client's offset to x; 0 = same x range for all."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SyntheticRegression:
+        if self.w_star is not None and len(self.w_star) != self.n_features + 1:
+            raise ValueError(
+                f"w_star needs n_features + 1 = {self.n_features + 1} numbers (coefficients, then "
+                f"the intercept), got {len(self.w_star)}"
+            )
+        if self.x_high <= self.x_low:
+            raise ValueError(f"x_high ({self.x_high}) must be above x_low ({self.x_low})")
+        return self
 
 
 class DataConfig(Section):
     """Which dataset, how much is held out for evaluation, and how the rest is split over clients."""
 
-    dataset: Literal["digits"] = "digits"
-    """Dataset name: digits (scikit-learn's 8x8 handwritten digits, 1797 samples, ships offline)."""
+    dataset: DatasetName = "digits"
+    """Dataset name: digits (scikit-learn's 8x8 handwritten digits, 1797 samples, ships offline),
+    synthetic_classification, synthetic_regression (generated from the seed), mnist1d (generated
+    offline by the mnist1d package, cached), mnist_idx, fashion_mnist_idx (IDX files under path),
+    cifar10 (the python pickles under path)."""
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    """Share of samples held out as the server's test set."""
+    """Share of samples held out as the server's test set (datasets with their own test split,
+    mnist1d, mnist_idx, fashion_mnist_idx and cifar10, use that split instead)."""
     partition: Partition = Field(default_factory=DirichletPartition)
     """How training samples are dealt to clients."""
+    path: str | None = None
+    """Local folder of the files of mnist_idx, fashion_mnist_idx or cifar10 (never downloaded)."""
+    cache_dir: str | None = None
+    """Where generated datasets (mnist1d) are cached; null: $XDG_CACHE_HOME/fedsim or
+    ~/.cache/fedsim."""
+    synthetic_classification: SyntheticClassification = Field(
+        default_factory=SyntheticClassification
+    )
+    """Parameters of the synthetic_classification dataset (ignored by the others)."""
+    synthetic_regression: SyntheticRegression = Field(default_factory=SyntheticRegression)
+    """Parameters of the synthetic_regression dataset (ignored by the others)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.dataset in FILE_DATASETS and self.path is None:
+            raise ValueError(
+                f"dataset {self.dataset} is read from local files: set data.path to the folder "
+                f"holding {', '.join(_expected_files(self.dataset))}"
+            )
+        if isinstance(self.partition, NaturalPartition) and not dataset_info(self).has_owners:
+            owned = [name for name, (info, _) in DATASETS.items() if info.has_owners]
+            raise ValueError(
+                f"partition natural needs a dataset with owners ({', '.join(owned)}); "
+                f"{self.dataset} has none"
+            )
+        return self
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know about a dataset, available without loading it."""
+    """What a model needs to know about a dataset, available without loading it.
+
+    ``n_classes`` is the number of model outputs: the classes, or 1 for a regression target.
+    ``input_shape`` is the shape of one sample (``(in_features,)`` unless given); ``vocab_size``
+    is set for datasets of token ids.
+    """
 
     name: str
     in_features: int
     n_classes: int
+    input_shape: tuple[int, ...] = ()
+    task: Literal["classification", "regression"] = "classification"
+    has_owners: bool = False
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.input_shape:
+            object.__setattr__(self, "input_shape", (self.in_features,))
+        numel = int(np.prod(self.input_shape))
+        if numel != self.in_features:
+            raise ValueError(f"input_shape {self.input_shape} has {numel} != {self.in_features}")
+
+
+@dataclass
+class RawData:
+    """What a loader returns: all samples, or a train set plus the dataset's own test set."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    owners: np.ndarray | None = None
+    """The client each sample was generated for (``natural`` partition), or None."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+Loader = Callable[[DataConfig, int, SeedStreams], RawData]
+
+
+# ---------------------------------------------------------------------------------------------------
+# digits
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -46,13 +203,280 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64)
 
 
-DATASETS: dict[str, tuple[DatasetInfo, Callable[[], tuple[np.ndarray, np.ndarray]]]] = {
-    "digits": (DatasetInfo("digits", 64, 10), _load_digits),
+def _digits(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    return RawData(*_load_digits())
+
+
+# ---------------------------------------------------------------------------------------------------
+# synthetic, generated client by client
+
+
+def client_blocks(n_samples: int, n_clients: int) -> np.ndarray:
+    """The owner of each generated sample: clients in equal consecutive blocks (sizes differ ≤ 1)."""
+    sizes = np.full(n_clients, n_samples // n_clients)
+    sizes[: n_samples % n_clients] += 1
+    return np.repeat(np.arange(n_clients), sizes)
+
+
+def client_offsets(
+    streams: SeedStreams, name: str, n_clients: int, dim: int, scale: float
+) -> np.ndarray:
+    """``[n_clients, dim]`` offsets; row i is the same whatever the number of clients."""
+    if scale == 0:
+        return np.zeros((n_clients, dim))
+    return scale * streams.generator(name).standard_normal((n_clients, dim))
+
+
+def _synthetic_classification(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    cfg = config.synthetic_classification
+    if cfg.n_samples < n_clients:
+        raise ScenarioError(
+            f"{cfg.n_samples} samples for {n_clients} clients",
+            path="data.synthetic_classification.n_samples",
+            value=cfg.n_samples,
+        )
+    d = cfg.n_features
+    means = cfg.class_sep * streams.generator("data.synthetic.means").standard_normal(
+        (cfg.n_classes, d)
+    )
+    offsets = client_offsets(streams, "data.synthetic.shift", n_clients, d, cfg.feature_shift)
+    owners = client_blocks(cfg.n_samples, n_clients)
+    rng = streams.generator("data.synthetic.samples")
+    y = rng.integers(cfg.n_classes, size=cfg.n_samples)
+    x = means[y] + cfg.noise * rng.standard_normal((cfg.n_samples, d)) + offsets[owners]
+    return RawData(x.astype(np.float32), y.astype(np.int64), owners=owners)
+
+
+def regression_w_star(cfg: SyntheticRegression, streams: SeedStreams) -> np.ndarray:
+    """The true ``(coefficients..., intercept)`` of synthetic_regression."""
+    if cfg.w_star is not None:
+        return np.asarray(cfg.w_star, dtype=np.float64)
+    if cfg.n_features == 1:
+        return np.array([5.0, 2.0])
+    return streams.generator("data.synthetic.w_star").standard_normal(cfg.n_features + 1)
+
+
+def _synthetic_regression(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    cfg = config.synthetic_regression
+    if cfg.n_samples < n_clients:
+        raise ScenarioError(
+            f"{cfg.n_samples} samples for {n_clients} clients",
+            path="data.synthetic_regression.n_samples",
+            value=cfg.n_samples,
+        )
+    d = cfg.n_features
+    w = regression_w_star(cfg, streams)
+    offsets = client_offsets(streams, "data.synthetic.shift", n_clients, d, cfg.feature_shift)
+    owners = client_blocks(cfg.n_samples, n_clients)
+    rng = streams.generator("data.synthetic.samples")
+    x = rng.uniform(cfg.x_low, cfg.x_high, (cfg.n_samples, d)) + offsets[owners]
+    y = x @ w[:-1] + w[-1] + cfg.noise * rng.standard_normal(cfg.n_samples)
+    return RawData(
+        x.astype(np.float32), y.astype(np.float32), owners=owners, meta={"w_star": w.copy()}
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# mnist1d, generated offline by the mnist1d package and cached
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fedsim"
+
+
+def mnist1d_arrays(cache_dir: Path, **overrides: Any) -> dict[str, np.ndarray]:
+    """MNIST-1D as the mnist1d package generates it (default: 4000 train / 1000 test), cached.
+
+    ``overrides`` change the generator's arguments (e.g. ``num_samples``) and the cache key. The
+    generator seeds numpy's and Python's global RNGs; their states are restored afterwards.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise ScenarioError(
+            "dataset mnist1d needs the mnist1d package (pip install mnist1d scipy)",
+            path="data.dataset",
+            value="mnist1d",
+        ) from None
+    args = get_dataset_args(as_dict=True)
+    args.pop("url", None)
+    args.update(overrides)
+    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+    file = Path(cache_dir) / f"mnist1d-{key}.npz"
+    if file.is_file():
+        with np.load(file) as cached:
+            return {k: cached[k] for k in ("x", "y", "x_test", "y_test")}
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    try:
+        made = make_dataset(_ObjectView(args))
+    finally:
+        np.random.set_state(np_state)  # noqa: NPY002
+        random.setstate(py_state)
+    arrays = {
+        "x": made["x"].astype(np.float32),
+        "y": made["y"].astype(np.int64),
+        "x_test": made["x_test"].astype(np.float32),
+        "y_test": made["y_test"].astype(np.int64),
+    }
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, file)
+    return arrays
+
+
+class _ObjectView:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _mnist1d(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    a = mnist1d_arrays(cache)
+    return RawData(a["x"], a["y"], a["x_test"], a["y_test"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local files: MNIST / Fashion-MNIST IDX, CIFAR-10 python pickles
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+"""File names of an MNIST-style dataset (each may also be gzipped, ending in .gz)."""
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+"""File names of CIFAR-10's python version."""
+_IDX_SUBDIRS = {"mnist_idx": "MNIST/raw", "fashion_mnist_idx": "FashionMNIST/raw"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _expected_files(dataset: str) -> tuple[str, ...]:
+    return CIFAR10_FILES if dataset == "cifar10" else IDX_FILES
+
+
+def _find(root: Path, subdirs: tuple[str, ...], names: tuple[str, ...], gz: bool) -> list[Path]:
+    """The files ``names`` in ``root`` or one of its ``subdirs`` (first folder holding them all)."""
+    for folder in (root, *(root / s for s in subdirs)):
+        found = []
+        for name in names:
+            options = [folder / name, *([folder / f"{name}.gz"] if gz else [])]
+            hit = next((p for p in options if p.is_file()), None)
+            if hit is None:
+                break
+            found.append(hit)
+        else:
+            return found
+    missing = [str(root / n) + ("[.gz]" if gz else "") for n in names if not _present(root, n, gz)]
+    raise ScenarioError(
+        f"missing local dataset file(s): {', '.join(missing)} (nothing is downloaded)",
+        path="data.path",
+        value=str(root),
+    )
+
+
+def _present(folder: Path, name: str, gz: bool) -> bool:
+    return (folder / name).is_file() or (gz and (folder / f"{name}.gz").is_file())
+
+
+def read_idx(file: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as an array of its declared type and shape."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ScenarioError(f"{file} is not an IDX file", path="data.path", value=str(file))
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ScenarioError(
+            f"{file} holds {len(raw)} bytes, its header says {expected}",
+            path="data.path",
+            value=str(file),
+        )
+    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _idx(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    assert config.path is not None
+    subdirs = (_IDX_SUBDIRS[config.dataset],)
+    files = _find(Path(config.path), subdirs, IDX_FILES, gz=True)
+    xs, ys, xt, yt = (read_idx(f) for f in files)
+
+    def images(a: np.ndarray) -> np.ndarray:
+        return (a.astype(np.float32) / 255.0).reshape(len(a), 1, 28, 28)
+
+    return RawData(images(xs), ys.astype(np.int64), images(xt), yt.astype(np.int64))
+
+
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
+CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
+
+
+def _cifar10(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    assert config.path is not None
+    files = _find(Path(config.path), ("cifar-10-batches-py",), CIFAR10_FILES, gz=False)
+    xs, ys = [], []
+    for file in files:
+        with open(file, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = batch.get(b"data", batch.get("data"))
+        labels = batch.get(b"labels", batch.get("labels"))
+        if data is None or labels is None:
+            raise ScenarioError(
+                f"{file} is not a CIFAR-10 batch (no data/labels)", path="data.path"
+            )
+        xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(labels, dtype=np.int64))
+
+    def images(a: np.ndarray) -> np.ndarray:
+        x = a.astype(np.float32) / 255.0
+        return (x - CIFAR10_MEAN[:, None, None]) / CIFAR10_STD[:, None, None]
+
+    return RawData(images(np.concatenate(xs[:-1])), np.concatenate(ys[:-1]), images(xs[-1]), ys[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry
+
+DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {
+    "digits": (DatasetInfo("digits", 64, 10, (1, 8, 8)), _digits),
+    "synthetic_classification": (
+        DatasetInfo("synthetic_classification", 20, 10, has_owners=True),
+        _synthetic_classification,
+    ),
+    "synthetic_regression": (
+        DatasetInfo("synthetic_regression", 1, 1, task="regression", has_owners=True),
+        _synthetic_regression,
+    ),
+    "mnist1d": (DatasetInfo("mnist1d", 40, 10), _mnist1d),
+    "mnist_idx": (DatasetInfo("mnist_idx", 784, 10, (1, 28, 28)), _idx),
+    "fashion_mnist_idx": (DatasetInfo("fashion_mnist_idx", 784, 10, (1, 28, 28)), _idx),
+    "cifar10": (DatasetInfo("cifar10", 3072, 10, (3, 32, 32)), _cifar10),
 }
+"""Dataset name → (info with default parameters, loader)."""
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    return DATASETS[name][0]
+def dataset_info(dataset: str | DataConfig) -> DatasetInfo:
+    """The dataset's info; pass the DataConfig for synthetic datasets whose shape is configurable."""
+    if isinstance(dataset, str):
+        return DATASETS[dataset][0]
+    info = DATASETS[dataset.dataset][0]
+    if dataset.dataset == "synthetic_classification":
+        cfg = dataset.synthetic_classification
+        return DatasetInfo(info.name, cfg.n_features, cfg.n_classes, has_owners=True)
+    if dataset.dataset == "synthetic_regression":
+        d = dataset.synthetic_regression.n_features
+        return DatasetInfo(info.name, d, 1, task="regression", has_owners=True)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------
+# The federated view
 
 
 @dataclass
@@ -65,28 +489,72 @@ class FederatedData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     client_indices: list[np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Extra facts from the loader (``w_star`` for synthetic_regression)."""
 
     @property
     def client_sizes(self) -> np.ndarray:
         return np.array([len(ix) for ix in self.client_indices])
 
 
+def regression_strata(y: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """Quantile bins of a regression target: the 'labels' that label-skew partitions split."""
+    edges = np.quantile(y, np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.searchsorted(edges, y, side="right")
+
+
 def load_federated(
     config: DataConfig, n_clients: int, streams: SeedStreams, device: torch.device
 ) -> FederatedData:
-    info, loader = DATASETS[config.dataset]
-    x, y = loader()
-    order = streams.generator("data.split").permutation(len(y))
-    n_test = round(config.test_fraction * len(y))
-    test, train = order[:n_test], order[n_test:]
+    info = dataset_info(config)
+    raw = DATASETS[config.dataset][1](config, n_clients, streams)
+    owners = raw.owners
+    if raw.x_test is None:
+        order = streams.generator("data.split").permutation(len(raw.y))
+        n_test = round(config.test_fraction * len(raw.y))
+        test, train = order[:n_test], order[n_test:]
+        x_train, y_train, x_test, y_test = raw.x[train], raw.y[train], raw.x[test], raw.y[test]
+        if owners is not None:
+            owners = owners[train]
+    else:
+        assert raw.y_test is not None
+        x_train, y_train, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
+    labels = y_train if info.task == "classification" else regression_strata(y_train)
     parts = make_partition(
-        config.partition, y[train], n_clients, streams.generator("data.partition")
+        config.partition, labels, n_clients, streams.generator("data.partition"), owners=owners
     )
     return FederatedData(
         info=info,
-        x_train=torch.as_tensor(x[train], device=device),
-        y_train=torch.as_tensor(y[train], device=device),
-        x_test=torch.as_tensor(x[test], device=device),
-        y_test=torch.as_tensor(y[test], device=device),
+        x_train=torch.as_tensor(x_train, device=device),
+        y_train=torch.as_tensor(y_train, device=device),
+        x_test=torch.as_tensor(x_test, device=device),
+        y_test=torch.as_tensor(y_test, device=device),
         client_indices=parts,
+        meta=raw.meta,
     )
+
+
+def describe_partition(data: FederatedData):
+    """Per-client sizes and label histogram, one row per client (a pandas DataFrame).
+
+    Columns: ``samples``, ``classes`` (distinct labels held), then ``label_<c>`` counts for every
+    class; for a regression dataset ``samples``, ``y_mean``, ``y_std``, ``x_mean`` instead.
+    """
+    import pandas as pd
+
+    y = data.y_train.detach().cpu().numpy()
+    rows = data.client_indices
+    columns: dict[str, Any] = {"samples": [len(ix) for ix in rows]}
+    if data.info.task == "regression":
+        x = data.x_train.detach().cpu().reshape(len(y), -1).numpy()
+        columns["y_mean"] = [float(y[ix].mean()) if len(ix) else np.nan for ix in rows]
+        columns["y_std"] = [float(y[ix].std()) if len(ix) else np.nan for ix in rows]
+        columns["x_mean"] = [float(x[ix].mean()) if len(ix) else np.nan for ix in rows]
+    else:
+        n_classes = max(data.info.n_classes, int(y.max(initial=-1)) + 1)
+        hist = np.stack([np.bincount(y[ix], minlength=n_classes) for ix in rows])
+        columns["classes"] = (hist > 0).sum(axis=1)
+        columns.update({f"label_{c}": hist[:, c] for c in range(n_classes)})
+    frame = pd.DataFrame(columns)
+    frame.index.name = "client"
+    return frame

@@ -1,25 +1,44 @@
 """Model builders, registered by name, and seeded initialisation without global RNG state.
 
 Modules are built on the ``meta`` device (no memory, no RNG draws) and only ever used through
-``functional_call`` with a flat parameter vector, so one module object serves every client.
+``functional_call`` with a flat parameter vector, so one module object serves every client. A model
+must be a pure function of its parameters: no buffers (BatchNorm's running statistics), no layer that
+couples the samples of a mini-batch, no dropout; then ``vmap(grad(loss))`` over stacked flat
+parameters trains many clients at once and padded mini-batches stay exact.
+
+Every model takes samples of any layout with the dataset's ``input_shape`` number of elements and
+reshapes them itself, so a dataset may store samples flat or shaped.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
+from torch.nn import functional as F
 
-from fedsim.config_base import Section
+from fedsim.config_base import DefaultTag, Section
+from fedsim.errors import ScenarioError
+from fedsim.learning.data import DatasetInfo
 from fedsim.learning.params import ParamSpec
 
+# ---------------------------------------------------------------------------------------------------
+# Configuration: a tagged union on ``kind`` (``mlp`` when left out)
 
-class ModelConfig(Section):
-    """The model every client trains."""
+_BATCHNORM_NAMES = {"batch", "batchnorm", "batch_norm", "bn"}
+_BATCHNORM_REFUSED = (
+    "BatchNorm is not supported: it keeps running statistics in buffers updated in place and "
+    "couples the samples of a mini-batch, which breaks vmap training over stacked clients and "
+    "padded mini-batches; use norm: group (GroupNorm) or none"
+)
+
+
+class MLPConfig(Section):
+    """Fully connected network with ReLU activations."""
 
     kind: Literal["mlp"] = "mlp"
     """Model family: mlp (fully connected, ReLU)."""
@@ -27,25 +46,364 @@ class ModelConfig(Section):
     """Widths of the hidden layers (empty list = logistic regression)."""
 
 
-def _mlp(config: ModelConfig, in_features: int, n_classes: int) -> nn.Module:
+ModelConfig = MLPConfig
+"""The name the MLP section had when it was the only model (``ModelConfig(hidden=[8])``)."""
+
+
+class LogRegConfig(Section):
+    """Logistic regression: one linear layer and softmax cross-entropy over the classes."""
+
+    kind: Literal["logreg"] = "logreg"
+    """Selects this variant."""
+
+
+class LinearConfig(Section):
+    """One linear layer: linear regression on a regression dataset (mean squared error), else
+    the same as logreg."""
+
+    kind: Literal["linear"] = "linear"
+    """Selects this variant."""
+
+
+class _Norm(Section):
+    norm: Literal["none", "group"] = "none"
+    """Normalisation after each convolution: none or group (GroupNorm); BatchNorm is refused."""
+    groups: PositiveInt = 8
+    """Groups of GroupNorm (must divide every channel count)."""
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _refuse_batchnorm(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in _BATCHNORM_NAMES:
+            raise ValueError(_BATCHNORM_REFUSED)
+        return value
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self) -> _Norm:
+        if self.norm == "group":
+            bad = [c for c in getattr(self, "channels", []) if c % self.groups]
+            if bad:
+                raise ValueError(
+                    f"groups ({self.groups}) must divide every channel count, not {bad}"
+                )
+        return self
+
+
+class CNNConfig(_Norm):
+    """Small CNN for images (1×28×28, 3×32×32, digits as 1×8×8): per entry of ``channels`` a
+    'same' convolution, optional GroupNorm, ReLU and 2×2 max-pooling; then fully connected layers."""
+
+    kind: Literal["cnn"] = "cnn"
+    """Selects this variant."""
+    channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32], min_length=1)
+    """Output channels of the convolution layers (each halves height and width)."""
+    kernel_size: PositiveInt = 5
+    """Side of the square convolution kernels (odd keeps the size: padding kernel_size // 2)."""
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
+    """Widths of the fully connected layers after the convolutions."""
+
+
+class CNN1DConfig(_Norm):
+    """1-D CNN for signals such as mnist1d (length L, or channels × L): per entry of ``channels`` a
+    strided convolution, optional GroupNorm and ReLU; then fully connected layers."""
+
+    kind: Literal["cnn1d"] = "cnn1d"
+    """Selects this variant."""
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 32, 32], min_length=1)
+    """Output channels of the convolution layers."""
+    kernel_size: PositiveInt = 5
+    """Length of the convolution kernels (padding kernel_size // 2)."""
+    stride: PositiveInt = 2
+    """Stride of every convolution (2 halves the length at each layer)."""
+    hidden: list[PositiveInt] = Field(default_factory=list)
+    """Widths of the fully connected layers after the convolutions."""
+
+
+class TransformerConfig(Section):
+    """Tiny pre-norm transformer encoder classifier over a sequence of tokens, mean-pooled.
+
+    Tokens are token ids (datasets with a vocabulary, embedded) or feature vectors: a sample of
+    shape (L,) is L tokens of one feature, (C, L) L tokens of C features, (C, H, W) H tokens (rows)
+    of C·W features. Positions are learned. No dropout (training must be a pure function).
+    """
+
+    kind: Literal["transformer"] = "transformer"
+    """Selects this variant."""
+    d_model: PositiveInt = 32
+    """Width of the token representations (a multiple of heads)."""
+    heads: PositiveInt = 2
+    """Attention heads per layer."""
+    layers: PositiveInt = 2
+    """Encoder layers (attention + feed-forward, each residual)."""
+    ff: PositiveInt = 64
+    """Hidden width of each feed-forward block (GELU)."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+AnyModelConfig = (
+    MLPConfig | LogRegConfig | LinearConfig | CNNConfig | CNN1DConfig | TransformerConfig
+)
+Model = Annotated[AnyModelConfig, Field(discriminator="kind"), DefaultTag("kind", "mlp")]
+"""The scenario's ``model`` section: one of the configs above, chosen by ``kind``."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks (all pure functions of their parameters)
+
+
+class Reshape(nn.Module):
+    """``[b, ...] -> [b, *shape]``: lets a model read flat or shaped samples alike."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out (no fused kernels, no dropout)."""
+
+    def __init__(self, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+        mixed = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, d)
+        return self.out(mixed)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, heads: int, ff: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, heads)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, ff), nn.GELU(), nn.Linear(ff, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff(self.norm2(x))
+
+
+class Tokens(nn.Module):
+    """Samples → ``[b, L, d_model]`` token vectors plus learned positions."""
+
+    def __init__(self, info: DatasetInfo, d_model: int) -> None:
+        super().__init__()
+        shape = tuple(info.input_shape)
+        self.shape = shape
+        if info.vocab_size is not None:
+            self.embed: nn.Module = nn.Embedding(info.vocab_size, d_model)
+            length = info.in_features
+        else:
+            if len(shape) == 1:
+                length, features = shape[0], 1
+            elif len(shape) == 2:
+                features, length = shape
+            elif len(shape) == 3:
+                features, length = shape[0] * shape[2], shape[1]
+            else:
+                raise ScenarioError(
+                    f"model transformer reads samples of shape (L,), (C, L) or (C, H, W), "
+                    f"not {shape}",
+                    path="model.kind",
+                    value="transformer",
+                )
+            self.embed = nn.Linear(features, d_model)
+        self.vocab = info.vocab_size is not None
+        self.pos = nn.Parameter(torch.zeros(length, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        if self.vocab:
+            return self.embed(x.reshape(b, -1)) + self.pos
+        shape = self.shape
+        if len(shape) == 1:
+            seq = x.reshape(b, shape[0], 1)
+        elif len(shape) == 2:
+            seq = x.reshape(b, *shape).transpose(1, 2)
+        else:
+            c, h, w = shape
+            seq = x.reshape(b, c, h, w).permute(0, 2, 1, 3).reshape(b, h, c * w)
+        return self.embed(seq) + self.pos
+
+
+class MeanTokens(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+def _dense(width: int, hidden: list[int], n_out: int) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    width = in_features
-    for h in config.hidden:
+    for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
-    layers.append(nn.Linear(width, n_classes))
-    return nn.Sequential(nn.Flatten(), *layers)
+    layers.append(nn.Linear(width, n_out))
+    return layers
 
 
-MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {"mlp": _mlp}
+def _flat_size(features: nn.Module, shape: tuple[int, ...], path: str, value: Any) -> int:
+    try:
+        out = features(torch.empty(1, *shape, device="meta"))
+    except RuntimeError as exc:
+        raise ScenarioError(
+            f"the layers do not fit samples of shape {shape} (too many layers): "
+            f"{str(exc).splitlines()[0]}",
+            path=path,
+            value=value,
+        ) from None
+    if out.numel() == 0:
+        raise ScenarioError(
+            f"too many layers for samples of shape {shape} (nothing is left after them)",
+            path=path,
+            value=value,
+        )
+    return out.numel()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builders: (config, dataset info) -> module
+
+
+def _mlp(config: MLPConfig, info: DatasetInfo) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), *_dense(info.in_features, config.hidden, info.n_classes))
+
+
+def _linear(config: LogRegConfig | LinearConfig, info: DatasetInfo) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(info.in_features, info.n_classes))
+
+
+def _norm(config: _Norm, channels: int) -> list[nn.Module]:
+    return [nn.GroupNorm(config.groups, channels)] if config.norm == "group" else []
+
+
+def _cnn(config: CNNConfig, info: DatasetInfo) -> nn.Module:
+    shape = tuple(info.input_shape)
+    if len(shape) != 3:
+        raise ScenarioError(
+            f"model cnn needs image samples (C, H, W); dataset {info.name} has shape {shape} "
+            "(use cnn1d, mlp or transformer)",
+            path="model.kind",
+            value="cnn",
+        )
+    layers: list[nn.Module] = [Reshape(shape)]
+    width = shape[0]
+    for c in config.channels:
+        layers += [nn.Conv2d(width, c, config.kernel_size, padding=config.kernel_size // 2)]
+        layers += [*_norm(config, c), nn.ReLU(), nn.MaxPool2d(2)]
+        width = c
+    layers.append(nn.Flatten())
+    features = nn.Sequential(*layers)
+    flat = _flat_size(features, shape, "model.channels", config.channels)
+    return nn.Sequential(*features, *_dense(flat, config.hidden, info.n_classes))
+
+
+def _cnn1d(config: CNN1DConfig, info: DatasetInfo) -> nn.Module:
+    shape = tuple(info.input_shape)
+    if len(shape) == 1:
+        shape = (1, shape[0])
+    if len(shape) != 2:
+        raise ScenarioError(
+            f"model cnn1d needs signals of shape (L,) or (C, L); dataset {info.name} has "
+            f"shape {tuple(info.input_shape)} (use cnn for images)",
+            path="model.kind",
+            value="cnn1d",
+        )
+    layers: list[nn.Module] = [Reshape(shape)]
+    width = shape[0]
+    k = config.kernel_size
+    for c in config.channels:
+        layers += [nn.Conv1d(width, c, k, stride=config.stride, padding=k // 2)]
+        layers += [*_norm(config, c), nn.ReLU()]
+        width = c
+    layers.append(nn.Flatten())
+    features = nn.Sequential(*layers)
+    flat = _flat_size(features, shape, "model.channels", config.channels)
+    return nn.Sequential(*features, *_dense(flat, config.hidden, info.n_classes))
+
+
+def _transformer(config: TransformerConfig, info: DatasetInfo) -> nn.Module:
+    return nn.Sequential(
+        Tokens(info, config.d_model),
+        *(EncoderLayer(config.d_model, config.heads, config.ff) for _ in range(config.layers)),
+        nn.LayerNorm(config.d_model),
+        MeanTokens(),
+        nn.Linear(config.d_model, info.n_classes),
+    )
+
+
+MODELS: dict[str, Callable[[Any, DatasetInfo], nn.Module]] = {
+    "mlp": _mlp,
+    "logreg": _linear,
+    "linear": _linear,
+    "cnn": _cnn,
+    "cnn1d": _cnn1d,
+    "transformer": _transformer,
+}
+"""Model kind → builder ``(config, dataset info) -> module``."""
+
+
+def check_functional(module: nn.Module, kind: str) -> None:
+    """Refuse modules that are not pure functions of their parameters (buffers, BatchNorm, dropout)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+            raise ScenarioError(
+                f"{_BATCHNORM_REFUSED} (layer {name})", path="model.kind", value=kind
+            )
+        if isinstance(sub, nn.modules.dropout._DropoutNd) and sub.p > 0:
+            raise ScenarioError(
+                f"dropout (layer {name}) is not supported: training must be a pure function of "
+                "the parameters and the job's mini-batches",
+                path="model.kind",
+                value=kind,
+            )
+    buffers = [name for name, _ in module.named_buffers()]
+    if buffers:
+        raise ScenarioError(
+            f"the model has buffers ({', '.join(buffers)}); only parameters travel in the flat "
+            "vector, so a model must not keep state of its own",
+            path="model.kind",
+            value=kind,
+        )
 
 
 def build_model(
-    config: ModelConfig, in_features: int, n_classes: int
+    config: AnyModelConfig,
+    in_features: int | DatasetInfo,
+    n_classes: int | None = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tuple[nn.Module, ParamSpec]:
-    """The module (on the meta device: a pure function of its parameters) and its ParamSpec."""
+    """The module (on the meta device: a pure function of its parameters) and its ParamSpec.
+
+    Pass the dataset's :class:`DatasetInfo` (``build_model(config, info)``), or, as before,
+    ``in_features`` and ``n_classes`` (and ``input_shape`` for the CNNs and the transformer).
+    """
+    if isinstance(in_features, DatasetInfo):
+        info = in_features
+    else:
+        if n_classes is None:
+            raise TypeError("build_model needs n_classes when given in_features")
+        info = DatasetInfo("custom", in_features, n_classes, tuple(input_shape or ()))
     with torch.device("meta"):
-        module = MODELS[config.kind](config, in_features, n_classes)
+        module = MODELS[config.kind](config, info)
+    check_functional(module, config.kind)
     return module, ParamSpec.from_module(module)
 
 
@@ -53,6 +411,8 @@ def init_params(spec: ParamSpec, generator: torch.Generator) -> torch.Tensor:
     """Initial flat parameters, drawn from ``generator`` (PyTorch's default Linear/Conv scheme).
 
     Weights and their biases are uniform on ±1/sqrt(fan_in); 1-D weights of normalisation layers are 1.
+    Other parameters of two or more dimensions (embeddings, positions) are uniform on
+    ±1/sqrt(size of their last dimensions).
     """
     chunks = []
     fan_in_of: dict[str, int] = {}
@@ -72,3 +432,24 @@ def init_params(spec: ParamSpec, generator: torch.Generator) -> torch.Tensor:
             values = torch.zeros(shape)
         chunks.append(values.reshape(-1))
     return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loss a dataset's task calls for
+
+
+def regression_loss(
+    outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Mean squared error of a one-output model (outputs ``[b, 1]`` or ``[b]``, targets ``[b]``)."""
+    return F.mse_loss(outputs.reshape(targets.shape), targets, reduction=reduction)
+
+
+def loss_for(info: DatasetInfo) -> Callable[..., torch.Tensor]:
+    """``loss(outputs, targets, reduction="mean")`` for the dataset's task.
+
+    Cross-entropy over logits for classification, mean squared error for regression.
+    """
+    if info.task == "regression":
+        return regression_loss
+    return F.cross_entropy
