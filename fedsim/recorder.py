@@ -8,6 +8,7 @@ leaves readable data; :meth:`TraceWriter.close` merges the parts into one ``even
 from __future__ import annotations
 
 import shutil
+from operator import itemgetter
 from pathlib import Path
 
 import pandas as pd
@@ -85,7 +86,8 @@ class TraceWriter:
             self.flush()
 
     def _to_table(self, rows: list[tuple]) -> pa.Table:
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in self.schema]
+        # One itemgetter pass per column: zip(*rows) with ~1e5 arguments is several times slower.
+        columns = [list(map(itemgetter(i), rows)) for i in range(len(self.schema))]
         return pa.table(
             [pa.array(col, type=f.type) for col, f in zip(columns, self.schema, strict=True)],
             schema=self.schema,
