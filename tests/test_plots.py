@@ -268,7 +268,11 @@ def test_client_timeline(runs):
     for expected in ("communication", "local compute", "dropped", "cancelled", "late", "idle"):
         assert any(expected in t for t in texts), expected
     ev = r.events[r.events["client"] < 8]
-    used = ev["status"].isin(["applied", "late", "rejected", "abandoned", "buffered"]).sum()
+    used = (
+        ev["status"]
+        .isin(["applied", "late", "rejected", "abandoned", "buffered", "in_flight"])
+        .sum()
+    )
     compute = next(c for c in ax.collections if c.get_label() == "local compute")
     assert len(compute.get_paths()) == used
     lost = next(c for c in ax.collections if c.get_label() == "compute of a dropped job")
@@ -294,7 +298,9 @@ def test_client_contribution(runs):
     assert ax.get_xlabel() == "client" and ax.get_ylabel() == "jobs"
     heights = {c.get_label(): sum(p.get_height() for p in c) for c in ax.containers}
     counts = r.events["status"].value_counts()
-    assert heights["accepted (applied or buffered)"] == counts.get("applied", 0)
+    assert heights["accepted (applied or buffered)"] == counts.get("applied", 0) + counts.get(
+        "buffered", 0
+    )
     assert heights["dropped"] == counts["dropped"]
 
     fig = plots.client_contribution(r, speeds=plots.client_speeds(r))
