@@ -1,0 +1,345 @@
+"""Byzantine attacks (ALGORITHMS.md §3.13): pure functions on flat updates.
+
+Three stages, named by each config's ``stage``:
+
+- ``"client"``: run where the Byzantine client trains, so its timing is real. A function of the
+  honest delta ``Δ = w_end − w_start``, the model ``w_start`` the job started from, a
+  ``torch.Generator`` (on the update's device, seeded from the scenario's attack stream) and the
+  attack's parameters, returning the delta the client sends: :func:`sign_flip`, :func:`scaling`,
+  :func:`gaussian`, :func:`random_update`, :func:`nullifier`.
+- ``"data"``: a transform of the Byzantine client's training labels: :func:`flip_labels`. The client
+  then sends the delta it trained honestly on the flipped data.
+- ``"server"``: omniscient attacks that need the honest updates of the same aggregation (a FedAvg
+  cohort, a FedBuff buffer): :func:`alie`, :func:`ipm`. The server computes one malicious vector from
+  the honest rows and puts it in every Byzantine slot. A FedAsync server aggregates one update at a
+  time, so there the honest rows are the recent honest updates it has received (a window).
+
+``h`` are honest deltas, ``μ`` their coordinate mean and ``σ`` their coordinate standard deviation.
+
+>>> h = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])
+>>> ipm(h, epsilon=0.5)
+tensor([-1.5000, -2.0000])
+>>> sign_flip(torch.tensor([1.0, -2.0]), torch.zeros(2), None)
+tensor([-1.,  2.])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from statistics import NormalDist
+from typing import Annotated, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from fedsim.config_base import DefaultTag, Section
+from fedsim.errors import ScenarioError
+
+Stage = Literal["client", "data", "server"]
+
+# --------------------------------------------------------------------------------------------------
+# Client-side attacks: (delta, w_start, generator, *, params) -> delta sent
+
+
+def sign_flip(
+    delta: Tensor, w_start: Tensor, generator: torch.Generator | None, *, scale: float = 1.0
+) -> Tensor:
+    """Send ``−scale · Δ`` (the reference "bit flip" has ``scale = 1``).
+
+    >>> sign_flip(torch.tensor([1.0, -2.0]), torch.zeros(2), None, scale=4.0)
+    tensor([-4.,  8.])
+    """
+    return -scale * delta
+
+
+def scaling(
+    delta: Tensor, w_start: Tensor, generator: torch.Generator | None, *, factor: float = 10.0
+) -> Tensor:
+    """Send ``factor · Δ`` (boosting / model replacement, e.g. ``factor = n``).
+
+    >>> scaling(torch.tensor([1.0, -2.0]), torch.zeros(2), None, factor=3.0)
+    tensor([ 3., -6.])
+    """
+    return factor * delta
+
+
+def gaussian(
+    delta: Tensor,
+    w_start: Tensor,
+    generator: torch.Generator | None,
+    *,
+    std: float = 200.0,
+    add_to_honest: bool = False,
+) -> Tensor:
+    """Send a draw from ``N(0, std² I)`` (the honest delta plus that noise if ``add_to_honest``).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> gaussian(torch.zeros(100_000), torch.zeros(100_000), g, std=2.0).std().round(decimals=1)
+    tensor(2.)
+    """
+    noise = std * torch.randn(
+        delta.shape, generator=generator, dtype=delta.dtype, device=delta.device
+    )
+    return delta + noise if add_to_honest else noise
+
+
+def random_update(
+    delta: Tensor, w_start: Tensor, generator: torch.Generator | None, *, std: float = 1.0
+) -> Tensor:
+    """Send *weights* drawn from ``N(0, std² I)`` (FRAIN's LLM "randomizer"): ``Δ = noise − w_start``.
+
+    >>> w = torch.tensor([5.0, 5.0])
+    >>> (w + random_update(torch.zeros(2), w, torch.Generator().manual_seed(0), std=1e-9)).abs().max() < 1e-6
+    tensor(True)
+    """
+    noise = std * torch.randn(
+        w_start.shape, generator=generator, dtype=w_start.dtype, device=w_start.device
+    )
+    return noise - w_start
+
+
+def nullifier(
+    delta: Tensor,
+    w_start: Tensor,
+    generator: torch.Generator | None,
+    *,
+    target: Literal["zero_weights", "zero_delta"] = "zero_weights",
+) -> Tensor:
+    """FRAIN's "nullifier": send all-zero weights, i.e. ``Δ = −w_start`` (or a zero delta).
+
+    >>> nullifier(torch.tensor([0.1, 0.2]), torch.tensor([1.0, -3.0]), None)
+    tensor([-1.,  3.])
+    >>> nullifier(torch.tensor([0.1, 0.2]), torch.tensor([1.0, -3.0]), None, target="zero_delta")
+    tensor([0., 0.])
+    """
+    return -w_start.to(delta.dtype) if target == "zero_weights" else torch.zeros_like(delta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data attack
+
+
+def flip_labels(y: Tensor, n_classes: int) -> Tensor:
+    """Label flip ``y → C − 1 − y`` (``9 − y`` for ten classes); an involution.
+
+    >>> flip_labels(torch.tensor([0, 3, 9]), 10)
+    tensor([9, 6, 0])
+    """
+    return (n_classes - 1) - y
+
+
+# --------------------------------------------------------------------------------------------------
+# Server-side (omniscient) attacks: honest[n_h, d] -> the vector every Byzantine slot sends
+
+
+def alie_z(n_total: int, f: int, formula: Literal["paper", "reference"] = "paper") -> float:
+    """ALIE's ``z`` for ``n_total`` updates of which ``f`` are Byzantine.
+
+    With ``s = ⌊n/2 + 1⌋ − f`` supporters needed (``n = n_total``):
+
+    - ``"paper"`` (Baruch et al. 2019, the default): ``z = Φ⁻¹((n − s)/n)``;
+    - ``"reference"`` (EPFL byzantine-robust-noniid-optimizer code): ``z = Φ⁻¹((n − f − s)/(n − f))``.
+
+    >>> round(alie_z(25, 5), 3), round(alie_z(25, 5, "reference"), 3)
+    (0.468, 0.253)
+    >>> round(alie_z(20, 4), 3), round(alie_z(20, 4, "reference"), 3)
+    (0.385, 0.157)
+    """
+    if not 0 <= f < n_total:
+        raise ScenarioError(f"ALIE needs 0 <= f < n, got n={n_total}, f={f}", path="attack.z")
+    s = math.floor(n_total / 2 + 1) - f
+    if formula == "paper":
+        p = (n_total - s) / n_total
+    elif formula == "reference":
+        p = (n_total - f - s) / (n_total - f)
+    else:
+        raise ScenarioError(
+            f"must be one of paper, reference, got {formula!r}", path="attack.formula"
+        )
+    if not 0 < p < 1:
+        raise ScenarioError(
+            f"ALIE's {formula} formula gives an infinite z for n={n_total}, f={f} "
+            f"(Φ⁻¹({p:.3g})); give attack.z explicitly",
+            path="attack.z",
+        )
+    return NormalDist().inv_cdf(p)
+
+
+def alie(
+    honest: Tensor,
+    *,
+    n_total: int,
+    f: int,
+    z: float | None = None,
+    formula: Literal["paper", "reference"] = "paper",
+) -> Tensor:
+    """ "A little is enough" (Baruch et al. 2019): every Byzantine slot sends ``μ − z·σ``.
+
+    ``μ``, ``σ``: per-coordinate mean and sample standard deviation (``n_h − 1`` in the
+    denominator, as the reference code; ``σ = 0`` for a single honest row) of the honest rows.
+    ``z`` is given or computed by :func:`alie_z` from ``n_total`` (the rows in the aggregation,
+    Byzantine included) and ``f`` (the Byzantine rows) with the chosen ``formula``.
+
+    >>> alie(torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]]), n_total=5, f=2, z=1.0)
+    tensor([1.0000, 0.5359])
+    """
+    if honest.ndim != 2 or honest.shape[0] == 0:
+        raise ValueError(f"honest must be a non-empty [n, d] tensor, got {tuple(honest.shape)}")
+    if z is None:
+        z = alie_z(n_total, f, formula)
+    elif not math.isfinite(z):
+        raise ScenarioError(f"must be a finite number, got {z}", path="attack.z")
+    mu = honest.mean(0)
+    sigma = honest.std(0, correction=1 if honest.shape[0] > 1 else 0)
+    return mu - z * sigma
+
+
+def ipm(honest: Tensor, *, epsilon: float = 0.1) -> Tensor:
+    """Inner-product manipulation (Xie et al. 2020): every Byzantine slot sends ``−ε·μ``.
+
+    Then ``⟨ipm, μ⟩ = −ε‖μ‖² < 0``: the attack points against the honest direction.
+
+    >>> ipm(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), epsilon=0.5)
+    tensor([-1.0000, -1.5000])
+    """
+    if honest.ndim != 2 or honest.shape[0] == 0:
+        raise ValueError(f"honest must be a non-empty [n, d] tensor, got {tuple(honest.shape)}")
+    if not epsilon > 0:
+        raise ScenarioError(f"must be > 0, got {epsilon}", path="attack.epsilon")
+    return -epsilon * honest.mean(0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario configuration
+
+
+class SignFlipConfig(Section):
+    """Send the honest delta negated (and scaled)."""
+
+    stage: ClassVar[Stage] = "client"
+    name: Literal["sign_flip"] = "sign_flip"
+    scale: float = Field(1.0, gt=0)
+    """Send −scale · Δ."""
+
+
+class ScalingConfig(Section):
+    """Send the honest delta scaled up (boosting / model replacement)."""
+
+    stage: ClassVar[Stage] = "client"
+    name: Literal["scaling"] = "scaling"
+    factor: float = 10.0
+    """Send factor · Δ."""
+
+
+class GaussianConfig(Section):
+    """Send Gaussian noise instead of (or added to) the honest delta."""
+
+    stage: ClassVar[Stage] = "client"
+    name: Literal["gaussian"] = "gaussian"
+    std: float = Field(200.0, gt=0)
+    """Standard deviation of every coordinate of the noise."""
+    add_to_honest: bool = False
+    """Send Δ + noise instead of the noise alone."""
+
+
+class RandomUpdateConfig(Section):
+    """Send random weights (FRAIN's randomizer)."""
+
+    stage: ClassVar[Stage] = "client"
+    name: Literal["random_update"] = "random_update"
+    std: float = Field(1.0, gt=0)
+    """The weights sent are N(0, std²) per coordinate."""
+
+
+class NullifierConfig(Section):
+    """Send all-zero weights (FRAIN's nullifier)."""
+
+    stage: ClassVar[Stage] = "client"
+    name: Literal["nullifier"] = "nullifier"
+    target: Literal["zero_weights", "zero_delta"] = "zero_weights"
+    """zero_weights: Δ = −w_start, so the merged model is zero; zero_delta: Δ = 0."""
+
+
+class LabelFlipConfig(Section):
+    """Train on flipped labels y → C − 1 − y."""
+
+    stage: ClassVar[Stage] = "data"
+    name: Literal["label_flip"] = "label_flip"
+
+
+class AlieConfig(Section):
+    """ "A little is enough": every Byzantine update is μ − z·σ of the honest ones (server-side)."""
+
+    stage: ClassVar[Stage] = "server"
+    name: Literal["alie"] = "alie"
+    z: float | None = None
+    """Standard deviations to move; null computes z from n and f with the formula below."""
+    formula: Literal["paper", "reference"] = "paper"
+    """paper: z = Φ⁻¹((n − s)/n) (Baruch et al.); reference: z = Φ⁻¹((n − f − s)/(n − f)) (EPFL code); s = ⌊n/2 + 1⌋ − f."""
+
+
+class IpmConfig(Section):
+    """Inner-product manipulation: every Byzantine update is −ε·μ of the honest ones (server-side)."""
+
+    stage: ClassVar[Stage] = "server"
+    name: Literal["ipm"] = "ipm"
+    epsilon: float = Field(0.1, gt=0)
+    """Scale ε (0.1 in the reference code; large ε such as 100 flips the mean)."""
+
+
+AttackConfig = (
+    SignFlipConfig
+    | ScalingConfig
+    | GaussianConfig
+    | RandomUpdateConfig
+    | NullifierConfig
+    | LabelFlipConfig
+    | AlieConfig
+    | IpmConfig
+)
+"""Every attack's config; the scenario picks one by ``name``."""
+
+AttackField = Annotated[AttackConfig, Field(discriminator="name"), DefaultTag("name", "sign_flip")]
+"""The annotation of the scenario's ``byzantine.attack`` key."""
+
+ATTACKS: dict[str, Callable[..., Tensor]] = {
+    "sign_flip": sign_flip,
+    "scaling": scaling,
+    "gaussian": gaussian,
+    "random_update": random_update,
+    "nullifier": nullifier,
+    "label_flip": flip_labels,
+    "alie": alie,
+    "ipm": ipm,
+}
+"""name → attack function; how it is called depends on its config's ``stage``."""
+
+
+def client_attack(
+    config: AttackConfig, delta: Tensor, w_start: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """The delta a Byzantine client sends. Data and server attacks leave it unchanged here.
+
+    >>> client_attack(SignFlipConfig(scale=2.0), torch.tensor([1.0]), torch.zeros(1), None)
+    tensor([-2.])
+    >>> client_attack(IpmConfig(), torch.tensor([1.0]), torch.zeros(1), None)
+    tensor([1.])
+    """
+    if config.stage != "client":
+        return delta
+    return ATTACKS[config.name](delta, w_start, generator, **config.model_dump(exclude={"name"}))
+
+
+def server_attack(config: AttackConfig, honest: Tensor, *, n_total: int, f: int) -> Tensor:
+    """The vector every Byzantine slot of an aggregation sends, from that aggregation's honest rows.
+
+    >>> server_attack(IpmConfig(epsilon=1.0), torch.tensor([[2.0], [4.0]]), n_total=3, f=1)
+    tensor([-3.])
+    """
+    if isinstance(config, AlieConfig):
+        return alie(honest, n_total=n_total, f=f, z=config.z, formula=config.formula)
+    if isinstance(config, IpmConfig):
+        return ipm(honest, epsilon=config.epsilon)
+    raise ValueError(f"{config.name} is a {config.stage}-side attack, not a server-side one")
