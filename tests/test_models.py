@@ -121,7 +121,9 @@ def test_old_build_model_signature_still_works():
 
 @pytest.mark.parametrize("norm", ["batch", "BatchNorm", "bn"])
 def test_batchnorm_is_refused_with_a_reason(norm):
-    with pytest.raises(ValidationError, match=r"BatchNorm is not supported.*norm: group"):
+    with pytest.raises(
+        ValidationError, match=r"batch normalisation \(BatchNorm\) is not supported.*norm: group"
+    ):
         MODEL.validate_python({"kind": "cnn", "norm": norm})
 
 

@@ -31,7 +31,7 @@ from fedsim.learning.params import ParamSpec
 
 _BATCHNORM_NAMES = {"batch", "batchnorm", "batch_norm", "bn"}
 _BATCHNORM_REFUSED = (
-    "BatchNorm is not supported: it keeps running statistics in buffers updated in place and "
+    "batch normalisation (BatchNorm) is not supported: it keeps running statistics in buffers updated in place and "
     "couples the samples of a mini-batch, which breaks vmap training over stacked clients and "
     "padded mini-batches; use norm: group (GroupNorm) or none"
 )
