@@ -29,7 +29,7 @@ from fedsim.algorithms.fedasync import FedAsyncConfig
 from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
 from fedsim.learning.data import DataConfig
-from fedsim.learning.models import ModelConfig
+from fedsim.learning.models import Model, ModelConfig
 from fedsim.learning.trainer import TrainingConfig
 from fedsim.timing import (
     DelayLaw,
@@ -110,7 +110,7 @@ class Scenario(Section):
     """Stop conditions."""
     data: DataConfig = Field(default_factory=DataConfig)
     """Dataset and partition."""
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: Model = Field(default_factory=ModelConfig)
     """Model trained by every client."""
     training: TrainingConfig | None = Field(default_factory=TrainingConfig)
     """Local training; ``none`` for a timing-only run (no model, no data)."""
@@ -330,7 +330,9 @@ def _user_path(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
     parts: list[str] = []
     node = data
     for item in loc:
-        if (isinstance(node, dict) and item in node) or (isinstance(node, list) and isinstance(item, int) and item < len(node)):
+        if (isinstance(node, dict) and item in node) or (
+            isinstance(node, list) and isinstance(item, int) and item < len(node)
+        ):
             parts.append(str(item))
             node = node[item]
     return ".".join(parts), node

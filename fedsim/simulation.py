@@ -26,9 +26,9 @@ from fedsim.algorithms import ALGORITHMS
 from fedsim.algorithms.base import ServerModel
 from fedsim.clients import ClientPool, Job
 from fedsim.errors import ScenarioError, SimulationError
+from fedsim.learning.batched import make_trainer
 from fedsim.learning.data import dataset_info, load_federated
 from fedsim.learning.models import build_model, init_params
-from fedsim.learning.batched import make_trainer
 from fedsim.learning.trainer import Evaluator, LocalTask
 from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, read_table
 from fedsim.rng import SeedStreams
@@ -79,8 +79,8 @@ class Simulation:
         self.learning = scenario.training is not None
         n_clients = scenario.clients.count
 
-        info = dataset_info(scenario.data.dataset)
-        module, self.spec = build_model(scenario.model, info.in_features, info.n_classes)
+        info = dataset_info(scenario.data)
+        module, self.spec = build_model(scenario.model, info)
         model_bytes = self.spec.nbytes()
         self.trainer = None
         self.evaluator = None

@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 from fedsim.config_base import Section
 from fedsim.learning.data import FederatedData
+from fedsim.learning.models import loss_for
 from fedsim.learning.params import ParamSpec
 
 
@@ -106,16 +107,18 @@ class LocalTask:
         self.spec = spec
         self.data = data
         self.config = config
+        self.loss_fn = loss_for(data.info)
+        """``loss(outputs, targets, reduction)``: cross-entropy, or MSE for a regression dataset."""
 
     def sample_losses(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample losses (the batched trainer masks padded samples with them)."""
         logits = functional_call(self.module, self.spec.views(flat), (x,))
-        return nn.functional.cross_entropy(logits, y, reduction="none")
+        return self.loss_fn(logits, y, reduction="none")
 
     def loss(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss of a mini-batch."""
         logits = functional_call(self.module, self.spec.views(flat), (x,))
-        return nn.functional.cross_entropy(logits, y)
+        return self.loss_fn(logits, y)
 
     def steps_for(self, client: int) -> int:
         if self.config.local_epochs is None:
@@ -174,6 +177,8 @@ class Evaluator:
 
     def __init__(self, module: nn.Module, spec: ParamSpec, data: FederatedData) -> None:
         self.module, self.spec, self.data = module, spec, data
+        self.loss_fn = loss_for(data.info)
+        self.classification = data.info.task == "classification"
         self.seconds = 0.0
 
     @torch.no_grad()
@@ -185,9 +190,9 @@ class Evaluator:
         views = self.spec.views(flat)
         for i in range(0, len(y), chunk):
             logits = functional_call(self.module, views, (x[i : i + chunk],))
-            loss_sum += float(
-                nn.functional.cross_entropy(logits, y[i : i + chunk], reduction="sum")
-            )
-            correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
+            loss_sum += float(self.loss_fn(logits, y[i : i + chunk], reduction="sum"))
+            if self.classification:
+                correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
         self.seconds += time.perf_counter() - started
-        return correct / len(y), loss_sum / len(y)
+        accuracy = correct / len(y) if self.classification else float("nan")
+        return accuracy, loss_sum / len(y)
