@@ -157,6 +157,42 @@ def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
     click.echo(f"wrote {out_file}")
 
 
+@cli.group()
+def data() -> None:
+    """Inspect a scenario's dataset and partition."""
+
+
+@data.command()
+@click.argument("scenario_file", type=click.Path(dir_okay=False, path_type=Path))
+@_set_option
+@click.option(
+    "--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), help="Also save."
+)
+def describe(scenario_file: Path, overrides: tuple[str, ...], csv_file: Path | None) -> None:
+    """Per-client sample counts and label histogram of SCENARIO_FILE's partition."""
+    import pandas as pd
+    import torch
+
+    from fedsim.learning.data import describe_partition, load_federated
+    from fedsim.rng import SeedStreams
+    from fedsim.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file, overrides)
+    federated = load_federated(
+        scenario.data, scenario.clients.count, SeedStreams(scenario.seed or 0), torch.device("cpu")
+    )
+    table = describe_partition(federated)
+    if csv_file is not None:
+        table.to_csv(csv_file)
+    sizes = table["samples"]
+    with pd.option_context("display.max_rows", 40, "display.width", 160):
+        click.echo(table)
+    click.echo(
+        f"{len(table)} clients, {int(sizes.sum())} training samples; per client "
+        f"min {sizes.min()}, median {sizes.median():g}, max {sizes.max()}"
+    )
+
+
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files."""

@@ -245,3 +245,16 @@ def test_plot_on_a_non_run_directory_exits_2(tmp_path, capsys, target):
     code, _, err = _run_cli(["plot", str(directory), "--out", str(tmp_path / "x.png")], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "not a fedsim run directory" in err
+
+
+def test_data_describe_matches_the_simulation_partition(tmp_path, capsys, root: Path):
+    import fedsim
+
+    csv = tmp_path / "parts.csv"
+    code, out, _ = _run_cli(
+        ["data", "describe", str(root / "scenarios" / "quickstart.yaml"), "--csv", str(csv)], capsys
+    )
+    assert code == 0 and "100 clients" in out
+    table = pd.read_csv(csv, index_col=0)
+    sim = fedsim.Simulation(fedsim.load_scenario(root / "scenarios" / "quickstart.yaml"))
+    assert table["samples"].tolist() == sim.client_sizes.tolist()
