@@ -13,7 +13,7 @@ import math
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -390,6 +390,3 @@ def _clear_run_dir(run_dir: Path) -> None:
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / f"{name}.parts", ignore_errors=True)
-
-
-Callback = Callable[[Simulation], None]
