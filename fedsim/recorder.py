@@ -31,6 +31,8 @@ EVENT_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("bytes_up", pa.int64()),
         ("bytes_down", pa.int64()),
+        ("byzantine", pa.bool_()),
+        ("attack", pa.string()),
     ]
 )
 """Columns of ``events.parquet``: one row per job outcome."""

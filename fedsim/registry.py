@@ -8,6 +8,8 @@ from fedsim.algorithms import ALGORITHMS
 from fedsim.learning.data import DATASETS
 from fedsim.learning.models import MODELS
 from fedsim.learning.partition import Partition
+from fedsim.robust.aggregators import AGGREGATORS
+from fedsim.robust.attacks import ATTACKS
 from fedsim.timing import DELAY_LAWS, Heterogeneity
 
 
@@ -24,4 +26,6 @@ def catalogue() -> dict[str, list[str]]:
         "partitions": _tags(Partition, "kind"),
         "delay laws": list(DELAY_LAWS),
         "heterogeneity": _tags(Heterogeneity, "dist"),
+        "aggregators": list(AGGREGATORS),
+        "attacks": list(ATTACKS),
     }

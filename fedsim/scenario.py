@@ -31,6 +31,8 @@ from fedsim.errors import ScenarioError
 from fedsim.learning.data import DataConfig
 from fedsim.learning.models import Model, ModelConfig
 from fedsim.learning.trainer import TrainingConfig
+from fedsim.robust.aggregators import AggregatorField, MeanConfig, ScreeningConfig, check_krum
+from fedsim.robust.byzantine import ByzantineConfig
 from fedsim.timing import (
     DelayLaw,
     DropoutConfig,
@@ -120,6 +122,12 @@ class Scenario(Section):
         AlgorithmConfig, Field(discriminator="name"), DefaultTag("name", "fedasync")
     ] = Field(default_factory=FedAsyncConfig)
     """Federated algorithm (name + its parameters)."""
+    aggregator: AggregatorField = Field(default_factory=MeanConfig)
+    """How updates are combined (FedAvg rounds, FedBuff buffers, FedAsync's window): mean or a robust aggregator."""
+    screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
+    """Rejection of non-finite or absurd updates before aggregation."""
+    byzantine: ByzantineConfig | None = None
+    """Byzantine clients and their attack; null = every client is honest."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation schedule."""
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -142,6 +150,15 @@ class Scenario(Section):
                 f"algorithm.buffer_size ({algo.buffer_size}) > concurrency ({algo.concurrency}) "
                 "with dispatch_policy after_aggregation never fills the buffer"
             )
+        agg = self.aggregator
+        if agg.name == "krum":
+            if algo.name == "fedbuff":
+                n = algo.buffer_size
+            elif algo.name == "fedavg":
+                n = algo.cohort_size
+            else:
+                n = self.byzantine.window if self.byzantine is not None else 10
+            check_krum(n, f=agg.f, m=agg.m)
         return self
 
     # -- derived -----------------------------------------------------------------------------------------

@@ -97,6 +97,20 @@ class Simulation:
         else:
             self.client_sizes = np.ones(n_clients, dtype=int)
 
+        self.byzantine = scenario.byzantine
+        self.is_byzantine = np.zeros(n_clients, dtype=bool)
+        extra = None
+        if self.byzantine is not None:
+            self.is_byzantine = self.byzantine.choose(
+                n_clients, self.streams.generator("byzantine.choice")
+            )
+            if self.byzantine.speed != 1.0:
+                extra = np.where(self.is_byzantine, self.byzantine.speed, 1.0)
+        self.byzantine_list: list[bool] = self.is_byzantine.tolist()
+        self.attack_name = self.byzantine.attack.name if self.byzantine is not None else ""
+        self.byzantine_applied = 0
+        self.robust_fallbacks = 0
+
         clients = scenario.clients
         self.timing = ClientTiming(
             compute=clients.compute,
@@ -108,6 +122,7 @@ class Simulation:
             bytes_down=model_bytes,
             bytes_up=model_bytes,
             streams=self.streams,
+            extra_multipliers=extra,
         )
         self.pool = ClientPool(self.env, n_clients, self.timing, self.trainer, self.streams)
         self.servers = [ServerModel(0, params)]
@@ -140,6 +155,7 @@ class Simulation:
             arrival_version = job.arrival_version
             at = job.arrived_at
         timing = self.timing
+        byz = self.byzantine_list[job.client]
         self.events.append(
             (
                 at,
@@ -155,10 +171,14 @@ class Simulation:
                 status,
                 0 if status in NOT_UPLOADED else timing.bytes_up,
                 timing.bytes_down,
+                byz,
+                self.attack_name if byz else "",
             )
         )
         if status in ACCEPTED:
             self.updates += 1
+            if byz:
+                self.byzantine_applied += 1
             if self.updates == self._max_updates:
                 self.stop("max_updates")
         self.rows += 1
@@ -277,6 +297,9 @@ class Simulation:
             "train_wall_s": self.trainer.train_seconds if self.trainer else 0.0,
             "eval_wall_s": self.evaluator.seconds if self.evaluator else 0.0,
             "rejected_models": self.rejected_models,
+            "byzantine_clients": int(self.is_byzantine.sum()),
+            "byzantine_applied": self.byzantine_applied,
+            "robust_fallbacks": self.robust_fallbacks,
             "model_params": self.spec.numel,
             "device": str(self.device),
             "versions_of": _library_versions(),

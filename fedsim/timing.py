@@ -330,6 +330,7 @@ class ClientTiming:
         bytes_down: int,
         bytes_up: int,
         streams: SeedStreams,
+        extra_multipliers: np.ndarray | None = None,
     ) -> None:
         speed = heterogeneity.multipliers(streams.generator("timing.heterogeneity"), n_clients)
         self.is_straggler = np.zeros(n_clients, dtype=bool)
@@ -338,6 +339,8 @@ class ClientTiming:
             chosen = streams.generator("timing.stragglers").choice(n_clients, n_slow, replace=False)
             self.is_straggler[chosen] = True
         speed = np.where(self.is_straggler, speed * stragglers.slowdown, speed)
+        if extra_multipliers is not None:  # e.g. fast Byzantine clients
+            speed = speed * extra_multipliers
         self.speed: list[float] = speed.tolist()
         self.compute_law = compute
         noise_rng = streams.generator("timing.compute")

@@ -14,6 +14,8 @@ import simpy
 import torch
 
 from fedsim.clients import ClientPool, Job
+from fedsim.robust.aggregators import CoordinateMedianConfig, aggregate, screen_updates
+from fedsim.robust.attacks import client_attack, server_attack
 
 if TYPE_CHECKING:
     from fedsim.simulation import Simulation
@@ -50,6 +52,18 @@ class Algorithm:
         self.pool: ClientPool = sim.pool
         self.server: ServerModel = sim.servers[0]
         self.learning = sim.learning
+        scenario = getattr(sim, "scenario", None)
+        self.aggregator = getattr(scenario, "aggregator", None)
+        self.max_norm = scenario.screening.max_norm if scenario is not None else None
+        byz = getattr(scenario, "byzantine", None)
+        self.attack = byz.attack if byz is not None else None
+        self.client_attack = self.attack is not None and self.attack.stage == "client"
+        self.server_attack = self.attack is not None and self.attack.stage == "server"
+        # The exact historical code path (weighted_sum / lerp) unless robustness is asked for.
+        self.robust = byz is not None or (
+            self.aggregator is not None and self.aggregator.name != "mean"
+        )
+        self.last_aggregate: torch.Tensor | None = None
 
     @property
     def now(self) -> float:
@@ -102,7 +116,25 @@ class Algorithm:
     def local_model(self, job: Job) -> torch.Tensor | None:
         """The client's trained model ``w_end``; None (recorded as rejected) if it is not finite.
 
+        A Byzantine job running a client-side attack sends ``w_start + attacked delta``.
         In timing-only runs there is no model and this returns an empty tensor.
+        """
+        if not self.learning:
+            return _EMPTY
+        w_end = job.handle.result()
+        job.handle = None
+        if self.client_attack and self.sim.byzantine_list[job.client]:
+            w_end = job.start + self._attacked(job, w_end - job.start)
+        if not bool(torch.isfinite(w_end).all()) or not self._within_bound(w_end - job.start):
+            self.record(job, "rejected")
+            return None
+        return w_end
+
+    def delta(self, job: Job) -> torch.Tensor | None:
+        """The job's update ``w_end − w_start`` (points downhill); None if rejected.
+
+        Rejected (before any aggregator): non-finite updates, and updates whose L2 norm exceeds
+        ``screening.max_norm``. A Byzantine job's client-side attack is applied first.
         """
         if not self.learning:
             return _EMPTY
@@ -111,14 +143,49 @@ class Algorithm:
         if not bool(torch.isfinite(w_end).all()):
             self.record(job, "rejected")
             return None
-        return w_end
+        delta = w_end - job.start
+        if self.client_attack and self.sim.byzantine_list[job.client]:
+            delta = self._attacked(job, delta)
+            if not bool(torch.isfinite(delta).all()):
+                self.record(job, "rejected")
+                return None
+        if not self._within_bound(delta):
+            self.record(job, "rejected")
+            return None
+        return delta
 
-    def delta(self, job: Job) -> torch.Tensor | None:
-        """The job's update ``w_end − w_start`` (points downhill); None if rejected."""
-        w_end = self.local_model(job)
-        if w_end is None or not self.learning:
-            return w_end
-        return w_end - job.start
+    def _attacked(self, job: Job, delta: torch.Tensor) -> torch.Tensor:
+        gen = self.sim.streams.torch_generator("attacks", job.id, device=delta.device)
+        return client_attack(self.attack, delta, job.start, gen)
+
+    def _within_bound(self, delta: torch.Tensor) -> bool:
+        if self.max_norm is None:
+            return True
+        keep, _ = screen_updates(delta[None, :], max_norm=self.max_norm)
+        return bool(keep[0])
+
+    def combine(
+        self, jobs: list[Job], deltas: list[torch.Tensor], raw: list[float]
+    ) -> torch.Tensor:
+        """Robust path: the aggregate of ``deltas`` (weights ``raw``, any scale) by the scenario's
+        aggregator, after server-side attacks replaced the Byzantine rows."""
+        rows = torch.stack(deltas)
+        if self.server_attack:
+            byz = [self.sim.byzantine_list[j.client] for j in jobs]
+            n_byz = sum(byz)
+            if 0 < n_byz < len(jobs):
+                mask = torch.tensor(byz, device=rows.device)
+                bad = server_attack(self.attack, rows[~mask], n_total=len(jobs), f=n_byz)
+                rows = rows.clone()
+                rows[mask] = bad.to(rows.dtype)
+        weights = torch.tensor(raw, dtype=torch.float64, device=rows.device)
+        cfg = self.aggregator
+        if cfg.name == "krum" and not (len(jobs) > 2 * cfg.f + 2 and cfg.m <= len(jobs) - cfg.f):
+            cfg = CoordinateMedianConfig()
+            self.sim.robust_fallbacks += 1
+        result = aggregate(cfg, rows, weights, previous=self.last_aggregate)
+        self.last_aggregate = result
+        return result
 
     def publish(self, params: torch.Tensor | None) -> None:
         """Install a new global model (``None`` in timing-only runs: only the version moves)."""

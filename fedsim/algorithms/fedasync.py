@@ -8,6 +8,7 @@ with its staleness ``k = version_now − version_started``:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Generator
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from fedsim.algorithms.base import Algorithm
 from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.clients import Job
 from fedsim.config_base import Section
+from fedsim.robust.attacks import server_attack
 
 
 class FedAsyncConfig(Section):
@@ -41,6 +43,13 @@ class FedAsync(Algorithm):
     config_class = FedAsyncConfig
     config: FedAsyncConfig
 
+    def __init__(self, config: FedAsyncConfig, sim: Any) -> None:
+        super().__init__(config, sim)
+        byz = getattr(getattr(sim, "scenario", None), "byzantine", None)
+        size = byz.window if byz is not None else 10
+        self.window: deque[tuple[Job, torch.Tensor]] = deque(maxlen=size)
+        self.honest_window: deque[torch.Tensor] = deque(maxlen=size)
+
     def run(self) -> Generator[simpy.Event, Any, None]:
         self.dispatch_idle(self.config.concurrency)
         return
@@ -52,15 +61,50 @@ class FedAsync(Algorithm):
         if cfg.max_staleness is not None and k > cfg.max_staleness:
             self.record(job, "late")
         else:
-            w_local = self.local_model(job)
-            if w_local is not None:
-                self.record(job, "applied")
-                if self.learning:
-                    alpha_k = cfg.alpha * cfg.staleness.weight(k)
-                    self.publish(torch.lerp(self.server.params, w_local, alpha_k))
-                else:
-                    self.publish(None)
+            if self.learning and (self.aggregator.name != "mean" or self.server_attack):
+                self._robust_arrival(job, k)
+            else:
+                w_local = self.local_model(job)
+                if w_local is not None:
+                    self.record(job, "applied")
+                    if self.learning:
+                        alpha_k = cfg.alpha * cfg.staleness.weight(k)
+                        self.publish(torch.lerp(self.server.params, w_local, alpha_k))
+                    else:
+                        self.publish(None)
         self.dispatch_one()
+
+    def _robust_arrival(self, job: Job, k: int) -> None:
+        """Robust FedAsync: ``w ← w + α_k · agg(window)`` over the last W screened deltas.
+
+        With the mean aggregator (only reached for server-side attacks) it keeps the lerp.
+        Unlike the lerp of plain FedAsync this moves by the aggregate of recent updates (including
+        this one), so one outlier is outvoted by the window; it cannot help when attackers supply most
+        of the window (e.g. fast attackers). Server-side attacks (ALIE, IPM) are computed from the last
+        W honest deltas the server has seen.
+        """
+        delta = self.delta(job)
+        if delta is None:
+            return
+        byz = self.sim.byzantine_list[job.client]
+        if self.server_attack and byz:
+            if not self.honest_window:
+                self.record(job, "rejected")  # nothing to imitate yet: the attacker stays silent
+                return
+            honest = torch.stack(list(self.honest_window))
+            n_total = len(self.honest_window) + 1
+            delta = server_attack(self.attack, honest, n_total=n_total, f=1).to(delta.dtype)
+        elif not byz:
+            self.honest_window.append(delta)
+        self.record(job, "applied")
+        alpha_k = self.config.alpha * self.config.staleness.weight(k)
+        if self.aggregator.name == "mean":  # plain FedAsync mixing of the (attacked) local model
+            self.publish(torch.lerp(self.server.params, job.start + delta, alpha_k))
+            return
+        self.window.append((job, delta))
+        jobs = [j for j, _ in self.window]
+        step = self.combine(jobs, [d for _, d in self.window], [1.0] * len(jobs))
+        self.publish(self.server.params + alpha_k * step)
 
     def on_dropped(self, job: Job) -> None:
         self.record(job, "dropped")

@@ -128,8 +128,11 @@ class FedAvg(Algorithm):
             raw = [1.0] * len(kept)
         else:
             raw = [float(self.sim.client_sizes[job.client]) for job in kept]
-        total = sum(raw)
-        average = weighted_sum(deltas, [r / total for r in raw])
+        if self.robust:
+            average = self.combine(kept, deltas, raw)
+        else:
+            total = sum(raw)
+            average = weighted_sum(deltas, [r / total for r in raw])
         for job in kept:
             self.record(job, "applied")
         self.publish(self.server.params + cfg.server_lr * average)

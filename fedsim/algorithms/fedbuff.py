@@ -96,6 +96,15 @@ class FedBuff(Algorithm):
             self.publish(None)
             return
         weights = [w for _, _, w in buffer]
-        norm = cfg.buffer_size if cfg.normalize == "buffer_size" else sum(weights)
-        step = weighted_sum([d for _, d, _ in buffer], [w / norm for w in weights])
+        if not buffer:
+            return
+        if self.robust:
+            # The aggregator returns a weighted *average*; normalize: buffer_size rescales it by
+            # Σ s_i / K so the mean aggregator gives back the paper's step.
+            step = self.combine([j for j, _, _ in buffer], [d for _, d, _ in buffer], weights)
+            if cfg.normalize == "buffer_size":
+                step = step * (sum(weights) / cfg.buffer_size)
+        else:
+            norm = cfg.buffer_size if cfg.normalize == "buffer_size" else sum(weights)
+            step = weighted_sum([d for _, d, _ in buffer], [w / norm for w in weights])
         self.publish(self.server.params + cfg.server_lr * step)
