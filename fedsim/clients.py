@@ -88,6 +88,7 @@ class ClientPool:
         self.timing = timing
         self.trainer = trainer
         self.streams = streams
+        self.flip_labels: list[bool] | None = None  # per client: train on flipped labels
         self.idle: list[int] = list(range(n_clients))
         self._pick_u = BlockSampler(streams.generator("sampling.clients").random)
         self._next_job = 0
@@ -156,7 +157,8 @@ class ClientPool:
             if self.trainer is not None and params is not None:
                 job.start = params
                 seed = self.streams.sequence("training.job", job.id)
-                job.handle = self.trainer.submit(TrainJob(job.id, client, params, seed))
+                flip = self.flip_labels is not None and self.flip_labels[client]
+                job.handle = self.trainer.submit(TrainJob(job.id, client, params, seed, flip))
         self.in_flight += 1
         self.open_jobs[job.id] = job
         job.on_done = on_dropped if dropped else on_arrival

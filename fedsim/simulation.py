@@ -125,6 +125,12 @@ class Simulation:
             extra_multipliers=extra,
         )
         self.pool = ClientPool(self.env, n_clients, self.timing, self.trainer, self.streams)
+        if self.byzantine is not None and self.byzantine.attack.stage == "data":
+            if self.learning and self.data.info.task != "classification":
+                raise ScenarioError(
+                    "label_flip needs a classification dataset", path="byzantine.attack"
+                )
+            self.pool.flip_labels = self.byzantine_list
         self.servers = [ServerModel(0, params)]
         self.algorithm = ALGORITHMS[scenario.algorithm.name](scenario.algorithm, self)
 

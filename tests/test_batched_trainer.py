@@ -103,6 +103,21 @@ def test_batched_matches_sequential(setup, name, pad):
     assert all(not torch.equal(g, job.start) for g, job in zip(got, jobs, strict=True))
 
 
+@pytest.mark.parametrize("pad", ["exact", "full"])
+def test_label_flip_jobs_match_sequential(setup, pad):
+    """Byzantine label-flip jobs mixed with honest ones in one stack: same as the loop."""
+    task = make_task(setup, **CONFIGS["momentum_wd"])
+    jobs = make_jobs(setup)
+    for job in jobs[::2]:
+        job.flip_labels = True
+    want = sequential_results(task, jobs)
+    trainer = BatchedTrainer(task, pad=pad)
+    got = [h.result() for h in [trainer.submit(job) for job in jobs]]
+    assert_close(got, want)
+    honest = make_jobs(setup)[0]
+    assert not torch.allclose(SequentialTrainer(task).submit(honest).result(), want[0])
+
+
 def test_result_does_not_depend_on_grouping(setup):
     task = make_task(setup, **CONFIGS["momentum_wd"])
     jobs = make_jobs(setup)

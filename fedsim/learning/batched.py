@@ -259,11 +259,18 @@ class BatchedTrainer:
         w = torch.stack([h.job.start for h in handles]).detach().clone()
         buf: torch.Tensor | None = None
         x_all, y_all = data.x_train, data.y_train
+        flip = None
+        if any(h.job.flip_labels for h in handles):
+            flip = torch.tensor([h.job.flip_labels for h in handles], device=device)
+            top = data.info.n_classes - 1
         for t in range(t_max):
             k = active[t]
             rows = index_t[:k, t]
             wk = w[:k]
-            g = self._grads(wk, x_all[rows], y_all[rows], padding)
+            y = y_all[rows]
+            if flip is not None:
+                y = torch.where(flip[:k, None], top - y, y)
+            g = self._grads(wk, x_all[rows], y, padding)
             if cfg.weight_decay:
                 g = g + cfg.weight_decay * wk
             if cfg.momentum:

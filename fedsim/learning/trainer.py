@@ -57,6 +57,8 @@ class TrainJob:
     client: int
     start: torch.Tensor
     seed: np.random.SeedSequence
+    flip_labels: bool = False
+    """Train on flipped labels ``C − 1 − y`` (a Byzantine client's label-flip attack)."""
 
 
 class Trainer(Protocol):
@@ -160,7 +162,10 @@ class SequentialTrainer:
         w = job.start.clone()
         momentum_buf = None
         for rows in batches:
-            g = self._grad(w, task.data.x_train[rows], task.data.y_train[rows])
+            y = task.data.y_train[rows]
+            if job.flip_labels:
+                y = (task.data.info.n_classes - 1) - y
+            g = self._grad(w, task.data.x_train[rows], y)
             if cfg.weight_decay:
                 g = g + cfg.weight_decay * w
             if cfg.momentum:

@@ -33,11 +33,6 @@ class ByzantineConfig(Section):
     def _one_choice(self) -> ByzantineConfig:
         if self.clients is not None and self.fraction > 0:
             raise ValueError("byzantine: set fraction or clients, not both")
-        if self.attack.stage == "data":
-            raise ValueError(
-                f"byzantine.attack: {self.attack.name} is not supported by the simulator yet "
-                "(use a client-side or server-side attack)"
-            )
         if self.clients is not None and any(c < 0 for c in self.clients):
             raise ValueError("byzantine.clients: indices must be >= 0")
         return self
