@@ -44,6 +44,7 @@ class Job:
         "server",
         "start",
         "tag",
+        "task",
     )
 
     def __init__(self, job_id: int, client: int, server: int, base_version: int, now: float):
@@ -61,6 +62,7 @@ class Job:
         self.handle: TrainHandle | None = None
         self.start: torch.Tensor | None = None
         self.tag: object = None  # free for the algorithm (e.g. FedAvg's round number)
+        self.task = 0  # multi-task algorithms: which task's model this job trains
         self.on_done: ArrivalCallback | None = None
         # What SimPy's event loop needs of an event: the job is its own arrival event.
         self.callbacks: list | None = None
@@ -109,6 +111,18 @@ class ClientPool:
         idle.pop()
         return client
 
+    def take(self, client: int) -> None:
+        """Remove a given idle ``client`` from the idle list (algorithms that pick clients themselves).
+
+        Linear in the number of idle clients: meant for per-server cohorts, not the async hot path.
+        """
+        try:
+            i = self.idle.index(client)
+        except ValueError:
+            raise RuntimeError(f"client {client} is not idle") from None
+        self.idle[i] = self.idle[-1]
+        self.idle.pop()
+
     def sample(self, k: int) -> list[int]:
         """``min(k, idle)`` distinct idle clients, uniformly, in draw order (they stop being idle)."""
         return [self.take_idle() for _ in range(min(k, len(self.idle)))]
@@ -141,11 +155,21 @@ class ClientPool:
         params: torch.Tensor | None,
         on_arrival: ArrivalCallback,
         on_dropped: ArrivalCallback,
+        *,
+        trainer: Trainer | None = None,
+        task: int = 0,
     ) -> Job:
-        """Start a job for ``client`` (already taken from the idle list) from model ``params``."""
+        """Start a job for ``client`` (already taken from the idle list) from model ``params``.
+
+        ``trainer`` overrides the pool's trainer (multi-task algorithms train each task's model with
+        its own); ``task`` is recorded in the trace.
+        """
         env, timing = self.env, self.timing
         job = Job(self._next_job, client, server, base_version, env.now)
+        job.task = task
         self._next_job += 1
+        if trainer is None:
+            trainer = self.trainer
         job.compute_s = compute = timing.compute_s(client)
         job.dropped = dropped = timing.dropped()
         if dropped:
@@ -154,11 +178,11 @@ class ClientPool:
         else:
             job.comm_s = timing.down_s + timing.up_s
             delay = job.comm_s + compute
-            if self.trainer is not None and params is not None:
+            if trainer is not None and params is not None:
                 job.start = params
                 seed = self.streams.sequence("training.job", job.id)
                 flip = self.flip_labels is not None and self.flip_labels[client]
-                job.handle = self.trainer.submit(TrainJob(job.id, client, params, seed, flip))
+                job.handle = trainer.submit(TrainJob(job.id, client, params, seed, flip))
         self.in_flight += 1
         self.open_jobs[job.id] = job
         job.on_done = on_dropped if dropped else on_arrival

@@ -33,9 +33,16 @@ EVENT_SCHEMA = pa.schema(
         ("bytes_down", pa.int64()),
         ("byzantine", pa.bool_()),
         ("attack", pa.string()),
+        ("reason", pa.string()),
+        ("task", pa.int32()),
+        ("receiver", pa.int32()),
     ]
 )
-"""Columns of ``events.parquet``: one row per job outcome."""
+"""Columns of ``events.parquet``: one row per job outcome, and one per message between servers
+(status ``message``: ``server`` sent ``bytes_up`` bytes to ``receiver`` at ``dispatched_at``; it
+arrived at ``sim_time``). ``reason`` says why a job was rejected or late (``non_finite``,
+``norm_bound``, ``staleness``, ``score``, ...); ``task`` is the task of multi-task algorithms (0
+otherwise); ``receiver`` is −1 on job rows."""
 
 EVAL_SCHEMA = pa.schema(
     [
@@ -46,9 +53,13 @@ EVAL_SCHEMA = pa.schema(
         ("updates", pa.int64()),
         ("accuracy", pa.float64()),
         ("loss", pa.float64()),
+        ("task", pa.int32()),
+        ("consensus_error", pa.float64()),
     ]
 )
-"""Columns of ``evals.parquet``: one row per evaluation of a server's model."""
+"""Columns of ``evals.parquet``: one row per evaluation of a server's (or a task's) model.
+``consensus_error`` is ``‖w_server − mean of the servers' models‖₂`` in multi-server runs (NaN with
+one server)."""
 
 STATUSES = (
     "applied",
@@ -59,11 +70,13 @@ STATUSES = (
     "cancelled",
     "abandoned",
     "in_flight",
+    "message",
 )
 """Job outcomes: applied (in the model now), buffered (received, waiting for a server step or the
-close of its round), dropped (client lost), rejected (non-finite update), late (past a deadline, a
-closed round or max_staleness), cancelled (over-selection: not needed), abandoned (its round had too
-few reports and was discarded), in_flight (still out when the run stopped)."""
+close of its round), dropped (client lost), rejected (non-finite, over the norm bound, or scored
+too low: see ``reason``), late (past a deadline, a closed round or max_staleness), cancelled
+(over-selection: not needed), abandoned (its round had too few reports and was discarded),
+in_flight (still out when the run stopped), message (a model sent between servers, not a job)."""
 
 
 class TraceWriter:

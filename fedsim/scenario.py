@@ -42,6 +42,7 @@ from fedsim.timing import (
     NoHeterogeneity,
     StragglerConfig,
 )
+from fedsim.topology import TopologyConfig
 
 
 class StopConfig(Section):
@@ -128,6 +129,10 @@ class Scenario(Section):
     """Rejection of non-finite or absurd updates before aggregation."""
     byzantine: ByzantineConfig | None = None
     """Byzantine clients and their attack; null = every client is honest."""
+    topology: TopologyConfig | None = None
+    """Servers (or peers) and the graph linking them, for multi-server and decentralized
+    algorithms; null = one server. With a topology, ``clients.count`` defaults to
+    ``servers × clients_per_server`` (an explicit count must match it)."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation schedule."""
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -141,6 +146,19 @@ class Scenario(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
         algo = self.algorithm
+        if self.topology is not None:
+            wanted = self.topology.n_clients
+            if "count" not in self.clients.model_fields_set:
+                # Frozen model: rebuild the section with the count the topology implies.
+                object.__setattr__(
+                    self, "clients", self.clients.model_copy(update={"count": wanted})
+                )
+            elif self.clients.count != wanted:
+                raise ValueError(
+                    f"clients.count ({self.clients.count}) differs from the topology's "
+                    f"{wanted} clients (servers × clients_per_server); drop clients.count or "
+                    "make them agree"
+                )
         if (
             algo.name == "fedbuff"
             and algo.buffer_size > algo.concurrency

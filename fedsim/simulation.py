@@ -35,6 +35,7 @@ from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, read_table
 from fedsim.rng import SeedStreams
 from fedsim.scenario import Scenario, load_scenario
 from fedsim.timing import ClientTiming
+from fedsim.topology import Topology, build_topology
 
 ACCEPTED = frozenset({"applied", "buffered"})
 NOT_UPLOADED = frozenset({"dropped", "cancelled", "in_flight"})
@@ -131,7 +132,19 @@ class Simulation:
                     "label_flip needs a classification dataset", path="byzantine.attack"
                 )
             self.pool.flip_labels = self.byzantine_list
-        self.servers = [ServerModel(0, params)]
+        self.topology: Topology | None = None
+        self.client_server = np.zeros(n_clients, dtype=np.int64)
+        n_servers = 1
+        if scenario.topology is not None:
+            self.topology = build_topology(
+                scenario.topology, self.streams.generator("topology.graph")
+            )
+            n_servers = self.topology.servers
+            for server, members in enumerate(self.topology.assignment):
+                self.client_server[list(members)] = server
+        # Every server starts from the same initial model (a common initialisation).
+        self.servers = [ServerModel(i, params) for i in range(n_servers)]
+        self.message_bytes = 0
         self.algorithm = ALGORITHMS[scenario.algorithm.name](scenario.algorithm, self)
 
         chunk = scenario.output.flush_rows
@@ -152,7 +165,7 @@ class Simulation:
         self._started = 0.0
 
     # -- recording -------------------------------------------------------------------------------------
-    def record_job(self, job: Job, status: str) -> None:
+    def record_job(self, job: Job, status: str, reason: str = "") -> None:
         """Append one row to the events trace (the hot path: keep it lean)."""
         if job.open:  # still in flight (being cancelled): arrival fields describe this moment
             arrival_version = self.servers[job.server].version
@@ -179,6 +192,9 @@ class Simulation:
                 timing.bytes_down,
                 byz,
                 self.attack_name if byz else "",
+                reason,
+                job.task,
+                -1,
             )
         )
         if status in ACCEPTED:
@@ -191,6 +207,16 @@ class Simulation:
         if self.progress is not None and not self.rows & (PROGRESS_EVERY_ROWS - 1):
             self.progress(self)
 
+    def record_message(self, sender: int, receiver: int, nbytes: int, sent_at: float) -> None:
+        """One model sent from server ``sender`` to ``receiver``, arriving now (status ``message``)."""
+        now = self.env.now
+        self.events.append(
+            (now, -1, sender, -1, sent_at, -1, -1, 0, 0.0, now - sent_at, "message", nbytes, 0,
+             False, "", "", 0, receiver)
+        )  # fmt: skip
+        self.message_bytes += nbytes
+        self.rows += 1
+
     def note_rejected_model(self) -> None:
         self.rejected_models += 1
 
@@ -201,27 +227,42 @@ class Simulation:
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self) -> None:
-        for server in self.servers:
-            if self.evaluator is not None and server.params is not None:
-                accuracy, loss = self.evaluator(server.params)
+        """Evaluate every model the algorithm exposes (one per server, or per task) now.
+
+        The target-accuracy stop and the progress bar use the mean over the evaluated models.
+        """
+        targets = self.algorithm.eval_targets()
+        errors = _consensus_errors(targets)
+        accuracies, losses = [], []
+        for target, error in zip(targets, errors, strict=True):
+            evaluator = target.evaluator
+            if evaluator is not None and target.params is not None:
+                accuracy, loss = evaluator(target.params)
             else:
                 accuracy, loss = math.nan, math.nan
-            row = (
-                self.env.now,
-                time.perf_counter() - self._started,
-                server.index,
-                server.version,
-                self.updates,
-                accuracy,
-                loss,
+            accuracies.append(accuracy)
+            losses.append(loss)
+            self.evals.append(
+                (
+                    self.env.now,
+                    time.perf_counter() - self._started,
+                    target.server,
+                    target.version,
+                    self.updates,
+                    accuracy,
+                    loss,
+                    target.task,
+                    error,
+                )
             )
-            self.evals.append(row)
-            self.last_eval = {"sim_time": self.env.now, "accuracy": accuracy, "loss": loss}
-            target = self.scenario.stop.target_accuracy
-            if target is not None and accuracy >= target:
-                if self.time_to_target is None:
-                    self.time_to_target = self.env.now
-                self.stop("target_accuracy")
+        accuracy = float(np.mean(accuracies)) if accuracies else math.nan
+        loss = float(np.mean(losses)) if losses else math.nan
+        self.last_eval = {"sim_time": self.env.now, "accuracy": accuracy, "loss": loss}
+        target_acc = self.scenario.stop.target_accuracy
+        if target_acc is not None and accuracy >= target_acc:
+            if self.time_to_target is None:
+                self.time_to_target = self.env.now
+            self.stop("target_accuracy")
         if self.progress is not None:
             self.progress(self)
 
@@ -306,6 +347,8 @@ class Simulation:
             "byzantine_clients": int(self.is_byzantine.sum()),
             "byzantine_applied": self.byzantine_applied,
             "robust_fallbacks": self.robust_fallbacks,
+            "bytes": _bytes_by_link_kind(events),
+            "topology": self.topology.summary() if self.topology is not None else None,
             "model_params": self.spec.numel,
             "device": str(self.device),
             "versions_of": _library_versions(),
@@ -319,6 +362,34 @@ class Simulation:
         if self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
         return Result(self.scenario, events, evals, summary, self.run_dir)
+
+
+def _consensus_errors(targets: list[Any]) -> list[float]:
+    """Per target: distance of its model from the mean model of its task's targets (NaN alone)."""
+    errors = [math.nan] * len(targets)
+    by_task: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        if t.params is not None and t.params.numel():
+            by_task.setdefault(t.task, []).append(i)
+    for members in by_task.values():
+        if len(members) < 2:
+            continue
+        stacked = torch.stack([targets[i].params for i in members]).double()
+        distances = (stacked - stacked.mean(0)).norm(dim=1).tolist()
+        for i, d in zip(members, distances, strict=True):
+            errors[i] = d
+    return errors
+
+
+def _bytes_by_link_kind(events: pd.DataFrame) -> dict[str, int]:
+    """Total bytes per link kind: client uploads, client downloads, server-to-server messages."""
+    messages = events["status"] == "message"
+    jobs = events[~messages]
+    return {
+        "client_up": int(jobs["bytes_up"].sum()),
+        "client_down": int(jobs["bytes_down"].sum()),
+        "server_to_server": int(events.loc[messages, "bytes_up"].sum()),
+    }
 
 
 def _library_versions() -> dict[str, str]:

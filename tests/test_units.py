@@ -106,7 +106,7 @@ def test_common_random_numbers_dropout_does_not_shift_delays():
 def test_trace_parts_survive_a_killed_run(tmp_path):
     path = tmp_path / "events.parquet"
     writer = TraceWriter(path, EVENT_SCHEMA, chunk_rows=3)
-    row = (0.5, 1, 0, 7, 0.0, 0, 2, 2, 0.4, 0.1, "applied", 10, 10, False, "")
+    row = (0.5, 1, 0, 7, 0.0, 0, 2, 2, 0.4, 0.1, "applied", 10, 10, False, "", "", 0, -1)
     for _ in range(7):
         writer.append(row)
     # "Killed" here: close() never runs; the chunks already written are readable.

@@ -8,6 +8,7 @@ are timed and trained, how rows are recorded and when the run stops are not its 
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import simpy
@@ -33,6 +34,17 @@ class ServerModel:
         """Install a new model version (always a new tensor; old versions stay valid for jobs)."""
         self.params = params
         self.version += 1
+
+
+@dataclass(frozen=True, slots=True)
+class EvalTarget:
+    """One model to evaluate: whose it is and with which evaluator (None: nothing to evaluate)."""
+
+    server: int
+    version: int
+    params: torch.Tensor | None
+    evaluator: Any
+    task: int = 0
 
 
 class Algorithm:
@@ -102,13 +114,22 @@ class Algorithm:
     def finish(self) -> None:
         """Called once at the stop: record what the algorithm still holds (nothing by default)."""
 
+    def eval_targets(self) -> list[EvalTarget]:
+        """The models evaluated at each eval tick: every server's, with the scenario's test set.
+
+        Multi-task algorithms override this to evaluate each task's model on its own data.
+        """
+        evaluator = self.sim.evaluator
+        return [EvalTarget(s.index, s.version, s.params, evaluator) for s in self.sim.servers]
+
     def on_dropped(self, job: Job) -> None:
         """A job was lost; by default just record it."""
         self.record(job, "dropped")
 
     # -- helpers shared by every algorithm -------------------------------------------------------------
-    def record(self, job: Job, status: str) -> None:
-        self.sim.record_job(job, status)
+    def record(self, job: Job, status: str, reason: str = "") -> None:
+        """One events row for ``job``; ``reason`` says why when it is rejected or late."""
+        self.sim.record_job(job, status, reason)
 
     def staleness(self, job: Job) -> int:
         return self.server.version - job.base_version
@@ -125,8 +146,11 @@ class Algorithm:
         job.handle = None
         if self.client_attack and self.sim.byzantine_list[job.client]:
             w_end = job.start + self._attacked(job, w_end - job.start)
-        if not bool(torch.isfinite(w_end).all()) or not self._within_bound(w_end - job.start):
-            self.record(job, "rejected")
+        if not bool(torch.isfinite(w_end).all()):
+            self.record(job, "rejected", "non_finite")
+            return None
+        if not self._within_bound(w_end - job.start):
+            self.record(job, "rejected", "norm_bound")
             return None
         return w_end
 
@@ -141,16 +165,16 @@ class Algorithm:
         w_end = job.handle.result()
         job.handle = None
         if not bool(torch.isfinite(w_end).all()):
-            self.record(job, "rejected")
+            self.record(job, "rejected", "non_finite")
             return None
         delta = w_end - job.start
         if self.client_attack and self.sim.byzantine_list[job.client]:
             delta = self._attacked(job, delta)
             if not bool(torch.isfinite(delta).all()):
-                self.record(job, "rejected")
+                self.record(job, "rejected", "non_finite")
                 return None
         if not self._within_bound(delta):
-            self.record(job, "rejected")
+            self.record(job, "rejected", "norm_bound")
             return None
         return delta
 

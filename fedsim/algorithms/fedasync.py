@@ -59,7 +59,7 @@ class FedAsync(Algorithm):
         cfg = self.config
         k = self.server.version - job.base_version
         if cfg.max_staleness is not None and k > cfg.max_staleness:
-            self.record(job, "late")
+            self.record(job, "late", "staleness")
         else:
             if self.learning and (self.aggregator.name != "mean" or self.server_attack):
                 self._robust_arrival(job, k)
@@ -89,7 +89,7 @@ class FedAsync(Algorithm):
         byz = self.sim.byzantine_list[job.client]
         if self.server_attack and byz:
             if not self.honest_window:
-                self.record(job, "rejected")  # nothing to imitate yet: the attacker stays silent
+                self.record(job, "rejected", "no_honest_reference")  # nothing to imitate yet: the attacker stays silent
                 return
             honest = torch.stack(list(self.honest_window))
             n_total = len(self.honest_window) + 1

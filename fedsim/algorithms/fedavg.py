@@ -76,7 +76,7 @@ class FedAvg(Algorithm):
 
     def on_arrival(self, job: Job) -> None:
         if self.round_done is None or job.tag != self.round:
-            self.record(job, "late")
+            self.record(job, "late", "round_closed")
             return
         self.reports.append(job)
         self._count_finished()

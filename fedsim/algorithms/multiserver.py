@@ -1,0 +1,166 @@
+"""What multi-server and decentralized algorithms share: servers with their own clients, and
+messages between servers over the topology's links.
+
+A :class:`MultiServerAlgorithm` sees ``sim.servers`` (one :class:`ServerModel` per node of the
+``topology:`` graph, all starting from the same initial model), ``sim.topology`` (graph, mixing matrix
+``W``, failures, link delays) and ``sim.client_server`` (the server of each client). Messages are
+SimPy timeouts of ``latency + bytes / bandwidth`` simulated seconds; each delivery is one events row
+with status ``message`` (sender in ``server``, ``receiver``, ``bytes_up`` = bytes), so traffic per
+link kind and consensus in simulated time come out of the same trace as client jobs.
+
+A message over a link that is down (or to/from a server that is down) at send time is not sent:
+:meth:`send` returns None and the algorithm decides what to do (the mixing matrix of that moment,
+:meth:`mixing`, already moves the weight of unreachable neighbours to the diagonal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+import numpy as np
+import simpy
+import torch
+
+from fedsim.algorithms.base import Algorithm
+from fedsim.clients import Job
+from fedsim.errors import ScenarioError
+from fedsim.topology import Topology
+
+
+class MultiServerAlgorithm(Algorithm):
+    """Base for algorithms with several servers (or peers) linked by ``topology:``."""
+
+    def __init__(self, config: Any, sim: Any) -> None:
+        super().__init__(config, sim)
+        topology = getattr(sim, "topology", None)
+        if topology is None:
+            raise ScenarioError(
+                f"algorithm {self.name} needs a topology: section (servers, graph, mixing)",
+                path="topology",
+            )
+        self.topology: Topology = topology
+        self.servers = sim.servers
+        self.clients_of: tuple[tuple[int, ...], ...] = topology.assignment
+        self.model_bytes = sim.spec.nbytes()
+
+    # -- clients -----------------------------------------------------------------------------------------
+    def dispatch_to(
+        self,
+        client: int,
+        params: torch.Tensor | None,
+        *,
+        server: int | None = None,
+        version: int | None = None,
+    ) -> Job:
+        """Start ``client`` (taking it from the idle list) training from ``params``.
+
+        ``server`` defaults to the client's own server and ``version`` to that server's version; the
+        arrival goes to :meth:`on_arrival` as usual.
+        """
+        if server is None:
+            server = int(self.sim.client_server[client])
+        if version is None:
+            version = self.servers[server].version
+        self.pool.take(client)
+        return self.pool.dispatch(client, server, version, params, self._arrived_at, self._lost_at)
+
+    def _arrived_at(self, job: Job) -> None:
+        job.arrival_version = self.servers[job.server].version
+        self.on_arrival(job)
+
+    def _lost_at(self, job: Job) -> None:
+        job.arrival_version = self.servers[job.server].version
+        self.on_dropped(job)
+
+    def trained(self, job: Job) -> torch.Tensor | None:
+        """The job's local model, or None when rejected (recorded); empty in timing-only runs."""
+        return self.local_model(job)
+
+    # -- the graph ---------------------------------------------------------------------------------------
+    def mixing(self) -> np.ndarray:
+        """The mixing matrix now (failed links and servers cut, weights moved to the diagonal)."""
+        return self.topology.mixing_at(self.now)
+
+    def neighbours(self, server: int) -> tuple[int, ...]:
+        """Servers that ``server`` can mix with now."""
+        return self.topology.neighbours(server, self.mixing())
+
+    def server_up(self, server: int) -> bool:
+        """Whether ``server`` is up now (no active node failure names it)."""
+        return not any(
+            f.node == server and f.active(self.now) for f in self.topology.config.failures
+        )
+
+    def link_up(self, a: int, b: int) -> bool:
+        """Whether servers ``a`` and ``b`` can talk now (their link and both ends are up)."""
+        if not (self.server_up(a) and self.server_up(b)):
+            return False
+        pair = {a, b}
+        return not any(
+            f.link is not None and set(f.link) == pair and f.active(self.now)
+            for f in self.topology.config.failures
+        )
+
+    def send(
+        self,
+        sender: int,
+        receiver: int,
+        payload: Any,
+        nbytes: int | None = None,
+        on_delivery: Callable[[Any], None] | None = None,
+    ) -> simpy.Event | None:
+        """Send ``payload`` from ``sender`` to ``receiver`` over their link.
+
+        Returns the delivery event (its value is the payload), or None when the link or an end is
+        down now. ``nbytes`` defaults to one full model. The delivery is recorded in the events
+        trace and ``on_delivery(payload)`` runs at the arrival time.
+        """
+        if not self.link_up(sender, receiver):
+            return None
+        nbytes = self.model_bytes if nbytes is None else int(nbytes)
+        sent_at = self.now
+        event = self.env.timeout(self.topology.link_delay_s(nbytes), value=payload)
+
+        def delivered(_event: simpy.Event) -> None:
+            self.sim.record_message(sender, receiver, nbytes, sent_at)
+            if on_delivery is not None:
+                on_delivery(payload)
+
+        event.callbacks.append(delivered)
+        return event
+
+    def exchange(
+        self, models: list[torch.Tensor | None], nbytes: int | None = None
+    ) -> Generator[simpy.Event, Any, list[dict[int, Any]]]:
+        """One gossip step: every up server sends its model to each reachable neighbour.
+
+        A SimPy sub-process (``inbox = yield from self.exchange(models)``): it waits until every
+        message of the step has arrived and returns, per server, ``{sender: model}`` received.
+        """
+        inbox: list[dict[int, Any]] = [{} for _ in self.servers]
+        pending = []
+        W = self.mixing()
+        for i in range(len(self.servers)):
+            for j in self.topology.neighbours(i, W):
+                event = self.send(i, j, models[i], nbytes)
+                if event is not None:
+                    event.callbacks.append(lambda e, i=i, j=j: inbox[j].__setitem__(i, e.value))
+                    pending.append(event)
+        if pending:
+            yield self.env.all_of(pending)
+        return inbox
+
+    def mix(self, models: list[torch.Tensor], W: np.ndarray | None = None) -> list[torch.Tensor]:
+        """``z_i ← Σ_k W_ik z_k`` for every server (one consensus step, in float64 then cast back)."""
+        W = self.mixing() if W is None else W
+        stacked = torch.stack(models)
+        weights = torch.tensor(np.asarray(W), dtype=torch.float64, device=stacked.device)
+        return list((weights @ stacked.double()).to(stacked.dtype).unbind(0))
+
+    def publish_to(self, server: int, params: torch.Tensor | None) -> None:
+        """Install a new model at ``server`` (non-finite models are refused, as in :meth:`publish`)."""
+        if params is not None and not bool(torch.isfinite(params).all()):
+            self.sim.note_rejected_model()
+            return
+        self.servers[server].publish(params)
