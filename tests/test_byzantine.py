@@ -118,6 +118,8 @@ def test_non_finite_and_oversized_updates_are_rejected(small_learning, algorithm
     byz_outcomes = set(ev.loc[ev["byzantine"], "status"]) - unread
     assert byz_outcomes <= {"rejected"}
     assert (ev["status"] == "rejected").sum() > 0
+    assert set(ev.loc[ev["status"] == "rejected", "reason"]) == {"non_finite"}
+    assert (ev.loc[ev["status"] == "applied", "reason"] == "").all()
     assert np.isfinite(result.summary["final_accuracy"])
     big = {"clients": [1, 2], "attack": {"name": "scaling", "factor": 1e4}}
     result = fedsim.run(
@@ -127,6 +129,7 @@ def test_non_finite_and_oversized_updates_are_rejected(small_learning, algorithm
     )
     ev = result.events
     assert set(ev.loc[ev["byzantine"], "status"]) - unread <= {"rejected"}
+    assert set(ev.loc[ev["status"] == "rejected", "reason"]) == {"norm_bound"}
 
 
 def test_fast_attackers_compute_faster(small_learning):

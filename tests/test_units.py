@@ -139,6 +139,7 @@ def test_fedavg_deadline_records_late_reports_and_bounds_round_time():
     applied = events[events.status == "applied"]
     late = events[events.status == "late"]
     assert len(late) > 0
+    assert (late.reason == "round_closed").all()
     # No applied report arrived after its round's deadline.
     assert ((applied.sim_time - applied.dispatched_at) <= 4.0 + 1e-9).all()
     # A late report is stale: the model moved on while it was out.
