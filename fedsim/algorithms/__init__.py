@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from fedsim.algorithms.async_fedavg import AsyncFedAvg, AsyncFedAvgConfig
 from fedsim.algorithms.base import Algorithm
 from fedsim.algorithms.fedasync import FedAsync, FedAsyncConfig
 from fedsim.algorithms.fedavg import FedAvg, FedAvgConfig
 from fedsim.algorithms.fedbuff import FedBuff, FedBuffConfig
+from fedsim.algorithms.fedbuff_c import FedBuffC, FedBuffCConfig
+from fedsim.algorithms.fedfix import FedFix, FedFixConfig
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedAsync, FedBuff)}
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (FedAvg, FedAsync, FedBuff, FedFix, AsyncFedAvg, FedBuffC)
+}
 """name → algorithm class; each class names its config model."""
 
-AlgorithmConfig = FedAvgConfig | FedAsyncConfig | FedBuffConfig
+AlgorithmConfig = (
+    FedAvgConfig
+    | FedAsyncConfig
+    | FedBuffConfig
+    | FedFixConfig
+    | AsyncFedAvgConfig
+    | FedBuffCConfig
+)
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig"]
