@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from fedsim.algorithms.async_fedavg import AsyncFedAvg, AsyncFedAvgConfig
 from fedsim.algorithms.base import Algorithm
+from fedsim.algorithms.drpga import Drpga, DrpgaConfig
 from fedsim.algorithms.fedasync import FedAsync, FedAsyncConfig
 from fedsim.algorithms.fedavg import FedAvg, FedAvgConfig
 from fedsim.algorithms.fedbuff import FedBuff, FedBuffConfig
 from fedsim.algorithms.fedbuff_c import FedBuffC, FedBuffCConfig
 from fedsim.algorithms.fedfix import FedFix, FedFixConfig
+from fedsim.algorithms.modest import Modest, ModestConfig
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (FedAvg, FedAsync, FedBuff, FedFix, AsyncFedAvg, FedBuffC)
+    cls.name: cls
+    for cls in (FedAvg, FedAsync, FedBuff, FedFix, AsyncFedAvg, FedBuffC, Drpga, Modest)
 }
 """name → algorithm class; each class names its config model."""
 
@@ -22,6 +25,8 @@ AlgorithmConfig = (
     | FedFixConfig
     | AsyncFedAvgConfig
     | FedBuffCConfig
+    | DrpgaConfig
+    | ModestConfig
 )
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig"]

@@ -1,0 +1,383 @@
+"""DRPGA — Delayed Random Partial Gradient Averaging (Hu, arXiv 2412.19987), as "DPGA-fedsim".
+
+Only the abstract of the paper was readable (ALGORITHMS.md §3.9, §6.4), so this is the spec's
+implementable reading, every inferred choice a key (docs/algorithms/drpga.md lists them):
+
+- every client keeps its own model ``w_i`` and trains continuously, one job = ``K`` local steps
+  (``training.local_steps``) from ``w_i``; after job ``t`` it shares its progress on a common random
+  mask ``M_t`` (``⌈p_t·d⌉`` coordinates, or random parameter blocks), ``U_i = (w_i − a − pending_i)[M_t]``;
+- the server averages round ``t`` over all clients, ``Ū = Σ_j q_j U_j``, moves its anchor
+  ``a[M_t] += Ū`` (the evaluated model) and sends ``Ū`` back;
+- client ``i`` applies round ``t`` before starting job ``t + D + 1`` (waiting only if it has not arrived:
+  bounded delay ``D`` rounds, so communication overlaps ``D`` jobs of computation):
+  ``w_i[M_t] += Ū − U_i`` and ``a_i[M_t] += Ū`` (all anchors stay identical);
+- the update rate ``p_t`` walks over a grid, one level up or down per round, an attempted step off the
+  grid staying put (a reflecting boundary that keeps a symmetric walk's stationary law uniform).
+
+``pending_i`` (own shares still in flight) is 0 when ``D = 0``, where ``U_i`` is the spec's
+``(w_i − a)[M_t]``; for ``D > 0`` it stops progress already in flight from being shared twice. With
+``p ≡ 1`` and ``D = 0`` a round is exactly FedAvg with full participation (limiting case L11).
+
+Communication is simulated here, not by the jobs: DRPGA takes ``clients.network`` over (each transfer
+of ``b`` bytes costs ``latency_s + b / bandwidth``) and its jobs are compute only. Bytes are the real
+partial ones (``|M_t|`` × 4 bytes each way; the mask is derived from the run seed, so no indices are
+sent) and are written into each job's events row (see :func:`record_with_bytes`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+import simpy
+import torch
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+
+from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.clients import Job
+from fedsim.config_base import Section
+from fedsim.errors import ScenarioError
+
+
+class DrpgaConfig(Section):
+    """Delayed random partial averaging: clients share a random part of their progress every K local
+    steps, the part's size following a random walk, averages applied D rounds later."""
+
+    name: Literal["drpga"] = "drpga"
+    """Selects this variant."""
+    rates: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.8, 1.0])
+    """Grid of update rates p (fraction of the model shared per round), strictly increasing in
+    (0, 1]. A single entry fixes the rate ([1.0]: full sharing)."""
+    start_level: NonNegativeInt = 0
+    """Index in rates of the first round's rate (0: the coarsest, i.e. smallest, rate)."""
+    q_up: float = Field(0.25, ge=0, le=1)
+    """Per-round probability that the rate moves one level up (staying put at the top)."""
+    q_down: float = Field(0.25, ge=0, le=1)
+    """Per-round probability that the rate moves one level down (staying put at the bottom)."""
+    delay_rounds: NonNegativeInt = 1
+    """D: the average of round t is applied before job t + D + 1, so communication overlaps D jobs
+    (D·K local steps) of computation; 0 = wait for it before the next job (no overlap)."""
+    share: Literal["coordinates", "blocks"] = "coordinates"
+    """What the mask draws: ⌈p·d⌉ single coordinates, or ⌈p·B⌉ of the model's B parameter blocks."""
+    block_size: PositiveInt | None = None
+    """Coordinates per block for share: blocks (consecutive in the flat vector, the last one
+    shorter); null = one block per parameter tensor of the model."""
+    weighting: Literal["data_size", "uniform"] = "data_size"
+    """Weights q_j of the clients in each round's average: by samples (as FedAvg), or equal."""
+
+    @field_validator("rates")
+    @classmethod
+    def _grid(cls, rates: list[float]) -> list[float]:
+        if not rates:
+            raise ValueError("rates must list at least one update rate")
+        if any(not (0 < p <= 1) for p in rates):
+            raise ValueError(f"every rate must be in (0, 1], got {rates}")
+        if any(b <= a for a, b in itertools.pairwise(rates)):
+            raise ValueError(f"rates must be strictly increasing, got {rates}")
+        return rates
+
+    @model_validator(mode="after")
+    def _walk(self) -> DrpgaConfig:
+        if self.start_level >= len(self.rates):
+            raise ValueError(
+                f"start_level ({self.start_level}) must index rates (0..{len(self.rates) - 1})"
+            )
+        if self.q_up + self.q_down > 1:
+            raise ValueError(f"q_up + q_down must be <= 1, got {self.q_up + self.q_down}")
+        return self
+
+
+# -- pure pieces (tested alone) -------------------------------------------------------------------
+
+
+def rate_walk(
+    n_levels: int, start: int, q_up: float, q_down: float, rng: np.random.Generator
+) -> Iterator[int]:
+    """Levels of the update-rate walk, one per round: ±1 with probabilities q_up/q_down, else stay;
+    a step off the grid stays put (so a symmetric walk has a doubly stochastic transition matrix and
+    a uniform stationary distribution)."""
+    level = start
+    while True:
+        yield level
+        u = rng.random()
+        if u < q_up:
+            level = min(level + 1, n_levels - 1)
+        elif u < q_up + q_down:
+            level = max(level - 1, 0)
+
+
+def block_bounds(
+    numel: int, offsets: tuple[int, ...], block_size: int | None
+) -> list[tuple[int, int]]:
+    """``[start, end)`` of each parameter block: fixed-size chunks, or one per parameter tensor."""
+    if block_size is None:
+        ends = [*offsets[1:], numel]
+        return [(a, b) for a, b in zip(offsets, ends, strict=True) if b > a]
+    return [(a, min(a + block_size, numel)) for a in range(0, numel, block_size)]
+
+
+def draw_mask(
+    p: float,
+    numel: int,
+    gen: torch.Generator,
+    blocks: list[tuple[int, int]] | None = None,
+) -> torch.Tensor | None:
+    """Sorted coordinate indices of one round's mask (None = every coordinate, when ``p = 1``).
+
+    Coordinates: ``⌈p·d⌉`` distinct indices drawn uniformly. Blocks: ``⌈p·B⌉`` distinct blocks.
+    """
+    if p >= 1.0:
+        return None
+    if blocks is None:
+        k = math.ceil(p * numel - 1e-9)
+        return torch.randperm(numel, generator=gen)[:k].sort().values
+    k = math.ceil(p * len(blocks) - 1e-9)
+    chosen = torch.randperm(len(blocks), generator=gen)[:k].sort().values.tolist()
+    return torch.cat([torch.arange(*blocks[b]) for b in chosen])
+
+
+@contextmanager
+def job_bytes(sim: Any, up: int, down: int) -> Iterator[None]:
+    """Within the block, job rows are written with ``up``/``down`` bytes instead of a full model.
+
+    The events row of a job takes its bytes from ``sim.timing`` at the moment it is recorded; this
+    swaps them in for one row. (A per-job bytes field on ``Job`` would be the core-level way.)
+    """
+    timing = sim.timing
+    saved = timing.bytes_up, timing.bytes_down
+    timing.bytes_up, timing.bytes_down = up, down
+    try:
+        yield
+    finally:
+        timing.bytes_up, timing.bytes_down = saved
+
+
+def record_with_bytes(
+    algorithm: Algorithm, job: Job, status: str, reason: str, up: int, down: int
+) -> None:
+    """``algorithm.record`` with the job's real bytes (``up`` counts only if uploaded)."""
+    with job_bytes(algorithm.sim, up, down):
+        Algorithm.record(algorithm, job, status, reason)
+
+
+# -- the algorithm ------------------------------------------------------------------------------
+
+
+class _Round:
+    """One communication round: its rate, mask, bytes per transfer and the contributions so far."""
+
+    __slots__ = ("average", "contributions", "mask", "nbytes", "rate")
+
+    def __init__(self, rate: float, mask: torch.Tensor | None, nbytes: int) -> None:
+        self.rate = rate
+        self.mask = mask
+        self.nbytes = nbytes
+        self.contributions: dict[int, torch.Tensor | None] = {}
+        self.average: torch.Tensor | None = None
+
+
+class Drpga(Algorithm):
+    name = "drpga"
+    config_class = DrpgaConfig
+    config: DrpgaConfig
+
+    def __init__(self, config: DrpgaConfig, sim: Any) -> None:
+        super().__init__(config, sim)
+        if getattr(sim, "topology", None) is not None:
+            raise ScenarioError(
+                "drpga runs with one server; remove the topology section", path="topology"
+            )
+        scenario = sim.scenario
+        if scenario.clients.dropout.prob > 0:
+            raise ScenarioError(
+                "drpga averages every client every round; set clients.dropout.prob to 0",
+                path="clients.dropout.prob",
+            )
+        self.network = scenario.clients.network
+        # Communication is simulated by this algorithm (it overlaps computation): jobs are compute
+        # only, and job rows get their real partial bytes from record_with_bytes.
+        timing = sim.timing
+        timing.down_s = timing.up_s = 0.0
+        timing.bytes_up = timing.bytes_down = 0
+        spec = sim.spec
+        self.numel = spec.numel
+        self.elem_bytes = spec.nbytes() // max(spec.numel, 1)
+        self.blocks = (
+            block_bounds(spec.numel, spec.offsets, config.block_size)
+            if config.share == "blocks"
+            else None
+        )
+        n = self.pool.n_clients
+        sizes = np.asarray(sim.client_sizes, dtype=float)
+        raw = np.ones(n) if config.weighting == "uniform" else sizes
+        self.q: list[float] = (raw / raw.sum()).tolist()
+        self._levels = rate_walk(
+            len(config.rates),
+            config.start_level,
+            config.q_up,
+            config.q_down,
+            sim.streams.generator("drpga.rate"),
+        )
+        self.rounds: dict[int, _Round] = {}
+        self.rate_history: list[float] = []
+        initial = self.server.params
+        self.local: list[torch.Tensor | None] = [initial] * n
+        self.anchor: list[torch.Tensor | None] = [initial] * n
+        self.in_flight: list[dict[int, torch.Tensor | None]] = [{} for _ in range(n)]
+        self.applied_round = [0] * n
+        self._downloads: dict[tuple[int, int], simpy.Event] = {}
+        self._job_done: list[simpy.Event | None] = [None] * n
+        self._down_bytes: dict[int, int] = {}  # job id -> bytes downloaded before it started
+        self.rounds_done = 0
+
+    # -- rounds ------------------------------------------------------------------------------------
+    def round_info(self, t: int) -> _Round:
+        """Round ``t``'s rate and mask, drawn in round order (so the same for every client)."""
+        while len(self.rate_history) < t:
+            level = next(self._levels)
+            self.rate_history.append(self.config.rates[level])
+        info = self.rounds.get(t)
+        if info is None:
+            rate = self.rate_history[t - 1]
+            gen = self.sim.streams.torch_generator("drpga.mask", t)
+            mask = draw_mask(rate, self.numel, gen, self.blocks)
+            size = self.numel if mask is None else int(mask.numel())
+            info = self.rounds[t] = _Round(rate, mask, size * self.elem_bytes)
+        return info
+
+    def _download(self, client: int, t: int) -> simpy.Event:
+        key = (client, t)
+        event = self._downloads.get(key)
+        if event is None:
+            event = self._downloads[key] = self.env.event()
+        return event
+
+    # -- the client processes ----------------------------------------------------------------------
+    def run(self) -> Generator[simpy.Event, Any, None]:
+        for client in range(self.pool.n_clients):
+            self.env.process(self._client(client))
+        yield self.env.event()  # the clients' processes do the work
+
+    def _client(self, i: int) -> Generator[simpy.Event, Any, None]:
+        D = self.config.delay_rounds
+        t = 0
+        down = 0
+        while True:
+            t += 1
+            due = t - 1 - D
+            if due >= 1:
+                event = self._download(i, due)
+                if not event.triggered:
+                    yield event
+                down = self._apply(i, due)
+            done = self._job_done[i] = self.env.event()
+            self.pool.take(i)
+            job = self.pool.dispatch(
+                i, 0, self.server.version, self.local[i], self._arrived, self._lost
+            )
+            job.tag = t
+            self._down_bytes[job.id] = down
+            yield done
+            del self._down_bytes[job.id]
+            self._share(i, t)
+
+    def on_arrival(self, job: Job) -> None:
+        w_end = self.local_model(job) if self.learning else None
+        if w_end is not None:  # None: rejected (recorded by local_model), w_i stays as it was
+            self.local[job.client] = w_end
+            self.record(job, "applied")
+        elif not self.learning:
+            self.record(job, "applied")
+        self._job_done[job.client].succeed()
+
+    def on_dropped(self, job: Job) -> None:  # only reachable if dropout were allowed
+        self.record(job, "dropped")
+        self._job_done[job.client].succeed()
+
+    def record(self, job: Job, status: str, reason: str = "") -> None:
+        """The job's row with its real bytes: the share it uploads after training (|M_t| floats)
+        and the average it downloaded before starting (0 for its first D + 1 jobs)."""
+        up = self.round_info(job.tag).nbytes
+        down = self._down_bytes.get(job.id, 0)
+        record_with_bytes(self, job, status, reason, up, down)
+
+    def finish(self) -> None:
+        """Jobs still training at the stop, recorded here with their real download bytes."""
+        for job in list(self.pool.open_jobs.values()):
+            self.record(job, "in_flight")
+            self.pool.cancel(job)
+
+    # -- sharing and applying ----------------------------------------------------------------------
+    def _share(self, i: int, t: int) -> None:
+        """Client ``i`` sends its unshared progress on round ``t``'s mask (upload of |M_t| floats)."""
+        info = self.round_info(t)
+        share = None
+        if self.learning:
+            progress = self.local[i] - self.anchor[i]
+            flights = self.in_flight[i]
+            if flights:  # own shares still in flight are not shared again
+                pending = torch.zeros_like(progress)
+                for r, sent in flights.items():
+                    mask = self.rounds[r].mask
+                    if mask is None:
+                        pending += sent
+                    else:
+                        pending[mask] += sent
+                progress = progress - pending
+            share = progress if info.mask is None else progress[info.mask]
+        self.in_flight[i][t] = share
+        upload = self.env.timeout(self.network.transfer_s(info.nbytes))
+        upload.callbacks.append(lambda _e: self._received(i, t, share))
+
+    def _received(self, i: int, t: int, share: torch.Tensor | None) -> None:
+        """The server holds client ``i``'s share of round ``t``; with all of them, average and reply."""
+        info = self.rounds[t]
+        info.contributions[i] = share
+        n = self.pool.n_clients
+        if len(info.contributions) < n:
+            return
+        if self.learning:
+            shares = [info.contributions[j] for j in range(n)]
+            info.average = weighted_sum(shares, self.q)
+            anchor = self.server.params.clone()
+            if info.mask is None:
+                anchor += info.average
+            else:
+                anchor[info.mask] += info.average
+            self.publish(anchor)
+        else:
+            self.publish(None)
+        info.contributions = {}
+        self.rounds_done = t
+        delay = self.network.transfer_s(info.nbytes)
+        for j in range(n):
+            arrival = self.env.timeout(delay)
+            arrival.callbacks.append(lambda _e, j=j: self._download(j, t).succeed())
+
+    def _apply(self, i: int, t: int) -> int:
+        """Client ``i`` applies round ``t``'s average; returns the bytes it downloaded."""
+        info = self.rounds[t]
+        own = self.in_flight[i].pop(t)
+        self.applied_round[i] = t
+        self._downloads.pop((i, t), None)
+        if self.learning:
+            w, a = self.local[i], self.anchor[i]
+            avg = info.average
+            if info.mask is None:
+                new_a = a + avg
+                self.local[i] = new_a + ((w - a) - own)
+            else:
+                m = info.mask
+                new_a = a.clone()
+                new_a[m] += avg
+                new_w = w.clone()
+                new_w[m] = new_a[m] + ((w[m] - a[m]) - own)
+                self.local[i] = new_w
+            self.anchor[i] = new_a
+        if all(r >= t for r in self.applied_round):
+            self.rounds.pop(t, None)  # every client has applied it
+        return info.nbytes
