@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fedsim.algorithms.async_fedavg import AsyncFedAvg, AsyncFedAvgConfig
 from fedsim.algorithms.base import Algorithm
+from fedsim.algorithms.dfl import DFL, DFLConfig
 from fedsim.algorithms.drpga import Drpga, DrpgaConfig
+from fedsim.algorithms.dsgd import DSGD, DSGDConfig
 from fedsim.algorithms.fedasync import FedAsync, FedAsyncConfig
 from fedsim.algorithms.fedavg import FedAvg, FedAvgConfig
 from fedsim.algorithms.fedbuff import FedBuff, FedBuffConfig
@@ -15,6 +17,7 @@ from fedsim.algorithms.modest import Modest, ModestConfig
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls
     for cls in (FedAvg, FedAsync, FedBuff, FedFix, AsyncFedAvg, FedBuffC, Drpga, Modest)
+    + (DFL, DSGD)
 }
 """name → algorithm class; each class names its config model."""
 
@@ -27,6 +30,8 @@ AlgorithmConfig = (
     | FedBuffCConfig
     | DrpgaConfig
     | ModestConfig
+    | DFLConfig
+    | DSGDConfig
 )
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig"]
