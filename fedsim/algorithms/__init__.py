@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedsim.algorithms.async_fedavg import AsyncFedAvg, AsyncFedAvgConfig
 from fedsim.algorithms.base import Algorithm
+from fedsim.algorithms.brain import Brain, BrainConfig, Frain, FrainConfig
 from fedsim.algorithms.dfl import DFL, DFLConfig
 from fedsim.algorithms.drpga import Drpga, DrpgaConfig
 from fedsim.algorithms.dsgd import DSGD, DSGDConfig
@@ -18,6 +19,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls
     for cls in (FedAvg, FedAsync, FedBuff, FedFix, AsyncFedAvg, FedBuffC, Drpga, Modest)
     + (DFL, DSGD)
+    + (Brain, Frain)
 }
 """name → algorithm class; each class names its config model."""
 
@@ -32,6 +34,8 @@ AlgorithmConfig = (
     | ModestConfig
     | DFLConfig
     | DSGDConfig
+    | BrainConfig
+    | FrainConfig
 )
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig"]
