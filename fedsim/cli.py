@@ -193,6 +193,43 @@ def describe(scenario_file: Path, overrides: tuple[str, ...], csv_file: Path | N
     )
 
 
+@cli.command(name="sweep")
+@click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Sweep directory [default: runs/sweeps/NAME].",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def sweep_command(
+    sweep_file: Path, jobs: int, backend: str, out: Path | None, device: str, quiet: bool
+) -> None:
+    """Run every unfinished cell of SWEEP_FILE, JOBS at a time, then write results.parquet."""
+    from fedsim.sweep import load_sweep, run_sweep
+
+    outcome = run_sweep(
+        load_sweep(sweep_file), out, jobs=jobs, backend=backend, device=device, progress=not quiet
+    )
+    cells = outcome.ran + outcome.skipped
+    click.echo(
+        f"{cells} cells ({outcome.ran} run, {outcome.skipped} already finished): "
+        f"{outcome.results_path} ({len(outcome.table):,} rows)"
+    )
+
+
+@cli.command()
+@click.argument("sweep_dir", type=click.Path(file_okay=False, path_type=Path))
+def collect(sweep_dir: Path) -> None:
+    """Rebuild SWEEP_DIR/results.parquet from its finished cells."""
+    from fedsim.sweep import RESULTS, collect_cells
+
+    table, finished, total = collect_cells(sweep_dir)
+    click.echo(f"{finished} of {total} cells finished: {sweep_dir / RESULTS} ({len(table):,} rows)")
+
+
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files."""
