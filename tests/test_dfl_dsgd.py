@@ -397,3 +397,44 @@ def test_a_disconnected_dfl_never_reaches_consensus_across_components():
     assert torch.allclose(w[1], w[2], atol=1e-5) and torch.allclose(w[3], w[0], atol=1e-5)
     assert float((w[0] - w[1]).norm()) > 1e-3
     assert not math.isnan(sim.result.evals["consensus_error"].iloc[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network figures
+
+
+def test_network_figures_read_the_trace(tmp_path):
+    from fedsim.plots_network import (
+        ParamRecorder,
+        bytes_vs_accuracy,
+        consensus_error_vs_time,
+        cumulative_bytes,
+        distance_to_optimum,
+        server_graph,
+    )
+
+    spec = {
+        **DIGITS_GD,
+        "topology": {"servers": 4, "graph": "ring", "clients_per_server": 1},
+        "algorithm": {"name": "dsgd", "rounds": 4, "merge": {"final_at": 1.0}},
+        "eval": {"every_s": 0.5},
+    }
+    rec = ParamRecorder("dsgd")
+    result = fedsim.run(spec, save=False, progress=rec)
+    sent = cumulative_bytes(result)
+    assert sent.is_monotonic_increasing
+    assert sent.iloc[-1] == sum(result.summary["bytes"].values())
+    assert len(rec.times) == result.evals["sim_time"].nunique()
+    assert np.allclose(rec.params[-1], rec.params[-1][0])  # merged at the end
+    figures = {
+        "consensus": consensus_error_vs_time([result]),
+        "bytes": bytes_vs_accuracy([result, result], ["a", "b"], server=-1),
+        "distance": distance_to_optimum(rec, rec.params[-1][0], tolerance=1e-2),
+        "graph": server_graph(result),
+    }
+    line = figures["bytes"].axes[0].lines[0]
+    assert line.get_xdata()[-1] == pytest.approx(sent.iloc[-1] / 1e6)
+    # 4-ring with MH weights 1/3: eigenvalues 1, 1/3, 1/3, −1/3, so the gap is 2/3
+    assert "spectral gap 0.667" in figures["graph"].axes[0].get_title()
+    for name, fig in figures.items():
+        fig.savefig(tmp_path / f"{name}.png")
