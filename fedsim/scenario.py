@@ -168,9 +168,12 @@ class Scenario(Section):
                 f"algorithm.buffer_size ({algo.buffer_size}) > concurrency ({algo.concurrency}) "
                 "with dispatch_policy after_aggregation never fills the buffer"
             )
+        check = getattr(algo, "check_scenario", None)
+        if check is not None:  # an algorithm's own cross-section rules (so `validate` sees them)
+            check(self)
         agg = self.aggregator
         if agg.name == "krum":
-            if algo.name == "fedbuff":
+            if algo.name in ("fedbuff", "fedbuff_c"):
                 n = algo.buffer_size
             elif algo.name == "fedavg":
                 n = algo.cohort_size

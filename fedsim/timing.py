@@ -364,6 +364,12 @@ class ClientTiming:
             t *= self._job_slowdown
         return t
 
+    def mean_job_s(self, client: int) -> float:
+        """``E[τ_i]``: the mean round trip of one job of ``client`` (compute including transient
+        stragglers, download and upload) — what rate-corrected weights and queueing checks use."""
+        slow = 1.0 + self._job_prob * (self._job_slowdown - 1.0)
+        return self.speed[client] * self.compute_law.mean * slow + self.down_s + self.up_s
+
     def dropped(self) -> bool:
         """Whether the next job is lost."""
         return bool(self._drop_prob) and self._drop_u() < self._drop_prob

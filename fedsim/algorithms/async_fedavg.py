@@ -30,6 +30,21 @@ from fedsim.errors import ScenarioError
 class AsyncFedAvgConfig(Section):
     """Asynchronous FedAvg: every return is one server step (every client always busy)."""
 
+    def check_scenario(self, scenario: Any) -> None:
+        """One update per step: no set for a robust aggregator or a server-side attack to act on."""
+        if scenario.aggregator.name != "mean":
+            raise ScenarioError(
+                "async_fedavg applies one update at a time; robust aggregators need a set of "
+                "updates (use fedfix or fedbuff_c)",
+                path="aggregator.name",
+            )
+        byz = scenario.byzantine
+        if byz is not None and byz.attack.stage == "server":
+            raise ScenarioError(
+                "server-side attacks need several updates per step; async_fedavg has one",
+                path="byzantine.attack",
+            )
+
     name: Literal["async_fedavg"] = "async_fedavg"
     """Selects this variant."""
     server_lr: PositiveFloat = 1.0
@@ -48,17 +63,6 @@ class AsyncFedAvg(FraboniAlgorithm):
 
     def __init__(self, config: AsyncFedAvgConfig, sim: Any) -> None:
         super().__init__(config, sim)
-        if self.aggregator is not None and self.aggregator.name != "mean":
-            raise ScenarioError(
-                "async_fedavg applies one update at a time; robust aggregators need a set of "
-                "updates (use fedfix or fedbuff_c)",
-                path="aggregator.name",
-            )
-        if self.server_attack:
-            raise ScenarioError(
-                "server-side attacks need several updates per step; async_fedavg has one",
-                path="byzantine.attack",
-            )
         n = self.pool.n_clients
         if config.correction == "identical":
             self.d = [1.0] * n

@@ -33,6 +33,14 @@ from fedsim.errors import ScenarioError
 class FedBuffCConfig(Section):
     """Aggregate the first c returns, then restart those c clients (every client always busy)."""
 
+    def check_scenario(self, scenario: Any) -> None:
+        if self.buffer_size > scenario.clients.count:
+            raise ScenarioError(
+                f"buffer_size ({self.buffer_size}) > clients.count ({scenario.clients.count}) "
+                "never fills the buffer",
+                path="algorithm.buffer_size",
+            )
+
     name: Literal["fedbuff_c"] = "fedbuff_c"
     """Selects this variant."""
     buffer_size: PositiveInt = 10
@@ -52,12 +60,6 @@ class FedBuffC(FraboniAlgorithm):
 
     def __init__(self, config: FedBuffCConfig, sim: Any) -> None:
         super().__init__(config, sim)
-        if config.buffer_size > self.pool.n_clients:
-            raise ScenarioError(
-                f"buffer_size ({config.buffer_size}) > clients.count ({self.pool.n_clients}) "
-                "never fills the buffer",
-                path="algorithm.buffer_size",
-            )
         self.buffer: list[Job] = []
         self.aggregations = 0
         self.joined = [0] * self.pool.n_clients

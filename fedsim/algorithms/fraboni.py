@@ -38,8 +38,7 @@ def expected_job_s(timing: ClientTiming, client: int) -> float:
     The paper's ``τ_i`` is a deterministic per-client time; with a random compute law its mean plays
     that role (the weights built from it stay unbiased by the renewal-reward argument).
     """
-    slow = 1.0 + timing._job_prob * (timing._job_slowdown - 1.0)
-    return timing.speed[client] * timing.compute_law.mean * slow + timing.down_s + timing.up_s
+    return timing.mean_job_s(client)
 
 
 class FraboniAlgorithm(Algorithm):
