@@ -189,16 +189,22 @@ def test_resume_after_a_kill_recomputes_only_unfinished_cells(tmp_path, base_fil
     pd.testing.assert_frame_equal(pd.read_parquet(out / RESULTS_NAME), whole)
 
 
-def test_collect_of_a_partial_sweep_holds_the_finished_cells(tmp_path, base_file):
+def test_collect_of_a_partial_sweep_holds_the_finished_cells(tmp_path, base_file, capsys):
     spec = {**LEARNING, "set": {"training": "none", "algorithm.concurrency": 4}}
+    path = write_sweep(tmp_path, spec)
     out = tmp_path / "out"
-    table = run_sweep(write_sweep(tmp_path, spec), out, progress=False).table
+    table = run_sweep(path, out, progress=False).table
     cells = table["cell"].unique().tolist()
     (out / "cells" / cells[0] / "summary.json").unlink()
     partial = collect(out)
     assert partial["cell"].unique().tolist() == cells[1:]
     expected = table[table["cell"] != cells[0]].reset_index(drop=True)
     pd.testing.assert_frame_equal(partial, expected)
+    # The progress bar counts the finished cells found on disk as done.
+    capsys.readouterr()
+    run_sweep(path, out, progress=True)
+    err = capsys.readouterr().err
+    assert "(3 already finished)" in err and "4/4 cells" in err and "ETA" in err
 
 
 def test_local_pool_and_ray_give_the_same_table(tmp_path, base_file):
