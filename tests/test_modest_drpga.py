@@ -236,14 +236,15 @@ def test_removing_a_non_selected_peer_keeps_the_order_of_the_others():
 def test_ping_sample_skips_dead_peers_after_the_ping_timeout():
     candidates = [5, 1, 9, 3, 7, 2]
     dead = {1, 9}
-    members, ready = ping_sample(
+    members, ready, silent = ping_sample(
         candidates, 3, lambda p, t: p not in dead, 10.0, rtt=0.2, timeout=2.0
     )
     assert members == [5, 3, 7]  # the first three live ones, in candidate order
     assert ready == pytest.approx(12.2)  # two slots timed out once, then answered
-    members, ready = ping_sample(candidates, 3, lambda p, t: True, 0.0, rtt=0.2, timeout=2.0)
-    assert members == [5, 1, 9] and ready == pytest.approx(0.2)
-    members, _ = ping_sample(candidates, 10, lambda p, t: p not in dead, 0.0, 0.2, 2.0)
+    assert silent == [1, 9]
+    members, ready, silent = ping_sample(candidates, 3, lambda p, t: True, 0.0, 0.2, 2.0)
+    assert members == [5, 1, 9] and ready == pytest.approx(0.2) and silent == []
+    members, _, _ = ping_sample(candidates, 10, lambda p, t: p not in dead, 0.0, 0.2, 2.0)
     assert members == [5, 3, 7, 2]  # fewer live peers than asked: all of them
 
 

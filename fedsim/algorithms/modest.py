@@ -14,7 +14,9 @@ coordinates. The round protocol, as in the authors' code:
    first one if it holds at least ``min_models``; it adopts the average and starts round ``k + 1``.
 
 Failed peers (``topology.failures`` node entries, or the ``crash`` key) neither answer pings nor
-send nor receive; the round goes on with the peers that answer. If no round ``k + 1`` has started
+send nor receive; the round goes on with the peers that answer. A peer that fails a ping after more
+than ``inactivity_threshold`` rounds of silence leaves everyone's view (so later samples stop
+pinging it) and rejoins when it is up again. If no round ``k + 1`` has started
 ``round_timeout_s`` after round ``k``'s models were sent (every aggregator died, say), the live peer
 holding the newest model restarts with round ``k + 1`` from it (an inferred liveness rule: peers are
 assumed to learn each other's round numbers, as by gossip, at no cost).
@@ -33,7 +35,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, Literal
 
 import simpy
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fedsim.algorithms.base import EvalTarget, weighted_sum
 from fedsim.algorithms.drpga import record_with_bytes
@@ -77,6 +79,9 @@ class ModestConfig(Section):
     """Fewest models an aggregator averages at its timeout (fewer: it drops the round)."""
     ping_timeout_s: PositiveFloat = 5.0
     """Seconds before an unanswered ping marks a candidate as unavailable."""
+    inactivity_threshold: NonNegativeInt | None = 50
+    """A peer that fails a ping and was last heard from more than this many rounds ago leaves the
+    view (it rejoins when it is up again); null keeps every peer in the view."""
     round_timeout_s: PositiveFloat = 30.0
     """Seconds after a round's models were sent after which, if no next round has started, the
     live peer holding the newest model restarts with the next round (inferred liveness rule)."""
@@ -126,8 +131,9 @@ def ping_sample(
     rtt: float,
     timeout: float,
     me: int | None = None,
-) -> tuple[list[int], float]:
-    """The first ``count`` available candidates (in candidate order) and when that is known.
+) -> tuple[list[int], float, list[int]]:
+    """The first ``count`` available candidates (in candidate order), when that is known, and the
+    candidates pinged in vain.
 
     ``count`` pings go out at ``start``; a live candidate answers after ``rtt``, a dead one (``up``
     false when pinged) is given up after ``timeout`` and that ping slot moves to the next candidate.
@@ -136,6 +142,7 @@ def ping_sample(
     slots = [(start, slot) for slot in range(min(count, len(candidates)))]
     heapq.heapify(slots)
     found: list[tuple[int, int]] = []
+    silent: list[int] = []
     done, last = start, start
     nxt = 0
     while slots and len(found) < count and nxt < len(candidates):
@@ -148,11 +155,12 @@ def ping_sample(
             found.append((index, peer))
             done = max(done, t + rtt)
         else:
+            silent.append(peer)
             last = max(last, t + timeout)
             heapq.heappush(slots, (t + timeout, slot))
     if len(found) < count:  # ran out of candidates: known once the last ping is resolved
         done = max(done, last)
-    return [p for _, p in sorted(found)], done
+    return [p for _, p in sorted(found)], done, silent
 
 
 # -- the algorithm ------------------------------------------------------------------------------
@@ -206,6 +214,8 @@ class Modest(MultiServerAlgorithm):
         self.n = len(self.servers)
         self.client_of = [c[0] for c in self.clients_of]
         self.view = list(range(self.n))
+        self.last_active = [0] * self.n  # newest round each peer was heard from
+        self.left: set[int] = set()  # peers that left the view (inactive)
         crash = config.crash
         n_crash = round(crash.fraction * self.n)
         chosen = sim.streams.generator("modest.crash").choice(self.n, n_crash, replace=False)
@@ -236,6 +246,24 @@ class Modest(MultiServerAlgorithm):
     def server_up(self, server: int) -> bool:
         return self.peer_up(server, self.now)
 
+    def _update_view(self, k: int, answered: list[int], silent: list[int]) -> None:
+        """Activity bookkeeping after round ``k``'s pings: a peer leaves the view once it failed a
+        ping and was last heard from more than ``inactivity_threshold`` rounds ago; a peer out of the
+        view that is up again announces itself and rejoins (modelled as instant)."""
+        for p in answered:
+            self.last_active[p] = k
+        threshold = self.config.inactivity_threshold
+        if threshold is None:
+            return
+        for p in silent:
+            if k - self.last_active[p] > threshold:
+                self.left.add(p)
+        back = {p for p in self.left if self.peer_up(p, self.now)}
+        for p in back:
+            self.last_active[p] = k
+        self.left -= back
+        self.view = [p for p in range(self.n) if p not in self.left]
+
     # -- rounds ------------------------------------------------------------------------------------
     def run(self) -> Generator[simpy.Event, Any, None]:
         params = self.servers[0].params
@@ -263,10 +291,11 @@ class Modest(MultiServerAlgorithm):
         cfg = self.config
         if k not in self.rounds:
             order = candidate_order(self.view, k)
-            members, ready = ping_sample(
+            members, ready, silent = ping_sample(
                 order, cfg.sample_size, self.peer_up, self.now, self.rtt, cfg.ping_timeout_s, sender
             )
             yield self.env.timeout(ready - self.now)
+            self._update_view(k, members, silent)
             if k not in self.rounds and self.started < k and self.peer_up(sender, self.now):
                 self._open_round(k, members, params)
         state = self.rounds.get(k)
@@ -303,6 +332,7 @@ class Modest(MultiServerAlgorithm):
         if not self.peer_up(peer, self.now) or self.peer_round[peer] >= k:
             return
         self.peer_round[peer] = k
+        self.last_active[peer] = max(self.last_active[peer], k)
         if k - 1 > self.held[peer][0]:
             self.held[peer] = (k - 1, params)
         self.rounds[k].received.add(peer)
