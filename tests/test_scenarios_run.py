@@ -33,4 +33,7 @@ def test_scenario_runs_briefly(path, tmp_path):
     assert len(result.evals) >= 1
     assert (tmp_path / path.stem / "scenario.yaml").is_file()
     if scenario.training is not None:
-        assert result.evals["accuracy"].notna().all()
+        # Every evaluation produced numbers (accuracy is NaN by design for regression data).
+        assert result.evals["loss"].notna().all()
+        if scenario.data.dataset != "synthetic_regression":
+            assert result.evals["accuracy"].notna().all()
