@@ -8,18 +8,21 @@ from fedsim.algorithms.brain import Brain, BrainConfig, Frain, FrainConfig
 from fedsim.algorithms.dfl import DFL, DFLConfig
 from fedsim.algorithms.drpga import Drpga, DrpgaConfig
 from fedsim.algorithms.dsgd import DSGD, DSGDConfig
+from fedsim.algorithms.fedast import FedAst, FedAstConfig
 from fedsim.algorithms.fedasync import FedAsync, FedAsyncConfig
 from fedsim.algorithms.fedavg import FedAvg, FedAvgConfig
 from fedsim.algorithms.fedbuff import FedBuff, FedBuffConfig
 from fedsim.algorithms.fedbuff_c import FedBuffC, FedBuffCConfig
 from fedsim.algorithms.fedfix import FedFix, FedFixConfig
 from fedsim.algorithms.modest import Modest, ModestConfig
+from fedsim.algorithms.sync_st import SyncSt, SyncStConfig
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls
     for cls in (FedAvg, FedAsync, FedBuff, FedFix, AsyncFedAvg, FedBuffC, Drpga, Modest)
     + (DFL, DSGD)
     + (Brain, Frain)
+    + (FedAst, SyncSt)
 }
 """name → algorithm class; each class names its config model."""
 
@@ -36,6 +39,8 @@ AlgorithmConfig = (
     | DSGDConfig
     | BrainConfig
     | FrainConfig
+    | FedAstConfig
+    | SyncStConfig
 )
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig"]
