@@ -1,4 +1,4 @@
-"""The command line: ``fedsim run | validate | schema | list``.
+"""The command line: ``fedsim run | validate | schema | list | plot | data | sweep | collect``.
 
 Exit status: 0 done; 2 bad scenario or usage (one line on stderr naming the key, the value and what is
 allowed; no traceback); 1 a failure during the run, with a readable message.
