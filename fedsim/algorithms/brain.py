@@ -104,6 +104,10 @@ class BrainConfig(Section):
     """Simulated seconds to fetch and apply one ledger entry when catching up; null = the network's
     model download time."""
 
+    def check_scenario(self, scenario: Any) -> None:
+        """Cross-section rules, run by scenario validation (so ``fedsim validate`` sees them)."""
+        check_scenario(scenario)
+
 
 def check_scenario(scenario: Any) -> None:
     """Raise a ScenarioError if a BRAIN/FRAIN scenario's sections do not fit together.
@@ -209,9 +213,6 @@ class Brain(Algorithm):
 
     def __init__(self, config: BrainConfig, sim: Any) -> None:
         super().__init__(config, sim)
-        scenario = getattr(sim, "scenario", None)
-        if scenario is not None:
-            check_scenario(scenario)
         n = self.pool.n_clients
         streams = sim.streams
         self.window: deque[float] = deque(maxlen=config.window)
