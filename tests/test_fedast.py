@@ -486,3 +486,26 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, yaml_text, expected):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures of multi-task runs
+
+
+def test_task_figures_read_the_task_columns(two_task_run):
+    from fedsim.plots_tasks import clients_in_flight, clients_per_task, task_accuracy, task_names
+
+    result, algo = two_task_run.result, two_task_run.sim.algorithm
+    assert task_names(result) == ["digits", "synth"]
+    grid = np.linspace(0.0, float(result.events["sim_time"].max()), 200)
+    counts = clients_in_flight(result, grid)
+    assert list(counts.columns) == [0, 1]
+    assert (counts >= 0).all().all()
+    assert counts.sum(axis=1).max() <= algo.config.concurrency
+    # Before the first task finishes, the initial split R = (4, 4) is in flight (immediate refill).
+    early = counts[counts.index < min(t.finished_at for t in algo.tasks) / 2]
+    assert (early.sum(axis=1).iloc[1:] >= algo.config.concurrency - 2).all()
+    fig = task_accuracy({"FedAST": result})
+    assert len(fig.axes) == 2 and [a.get_title() for a in fig.axes] == ["digits", "synth"]
+    fig = clients_per_task(result)
+    assert fig.legends and [t.get_text() for t in fig.legends[0].get_texts()] == ["digits", "synth"]
