@@ -31,6 +31,8 @@ class Job:
         "arrival_version",
         "arrived_at",
         "base_version",
+        "bytes_down",
+        "bytes_up",
         "callbacks",
         "client",
         "comm_s",
@@ -63,6 +65,9 @@ class Job:
         self.start: torch.Tensor | None = None
         self.tag: object = None  # free for the algorithm (e.g. FedAvg's round number)
         self.task = 0  # multi-task algorithms: which task's model this job trains
+        # Bytes recorded for this job; None = a full model each way (the timing model's sizes).
+        self.bytes_up: int | None = None
+        self.bytes_down: int | None = None
         self.on_done: ArrivalCallback | None = None
         # What SimPy's event loop needs of an event: the job is its own arrival event.
         self.callbacks: list | None = None
@@ -158,11 +163,13 @@ class ClientPool:
         *,
         trainer: Trainer | None = None,
         task: int = 0,
+        network: bool = True,
     ) -> Job:
         """Start a job for ``client`` (already taken from the idle list) from model ``params``.
 
         ``trainer`` overrides the pool's trainer (multi-task algorithms train each task's model with
-        its own); ``task`` is recorded in the trace.
+        its own); ``task`` is recorded in the trace. ``network=False`` makes a compute-only job (no
+        transfer time, 0 bytes) for algorithms that simulate their own communication.
         """
         env, timing = self.env, self.timing
         job = Job(self._next_job, client, server, base_version, env.now)
@@ -172,11 +179,14 @@ class ClientPool:
             trainer = self.trainer
         job.compute_s = compute = timing.compute_s(client)
         job.dropped = dropped = timing.dropped()
+        down_s, up_s = (timing.down_s, timing.up_s) if network else (0.0, 0.0)
+        if not network:
+            job.bytes_up = job.bytes_down = 0
         if dropped:
-            job.comm_s = timing.down_s
-            delay = timing.down_s + compute
+            job.comm_s = down_s
+            delay = down_s + compute
         else:
-            job.comm_s = timing.down_s + timing.up_s
+            job.comm_s = down_s + up_s
             delay = job.comm_s + compute
             if trainer is not None and params is not None:
                 job.start = params

@@ -188,8 +188,10 @@ class Simulation:
                 job.compute_s,
                 job.comm_s,
                 status,
-                0 if status in NOT_UPLOADED else timing.bytes_up,
-                timing.bytes_down,
+                0
+                if status in NOT_UPLOADED
+                else (timing.bytes_up if job.bytes_up is None else job.bytes_up),
+                timing.bytes_down if job.bytes_down is None else job.bytes_down,
                 byz,
                 self.attack_name if byz else "",
                 reason,

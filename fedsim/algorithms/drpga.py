@@ -21,7 +21,7 @@ implementable reading, every inferred choice a key (docs/algorithms/drpga.md lis
 Communication is simulated here, not by the jobs: DRPGA takes ``clients.network`` over (each transfer
 of ``b`` bytes costs ``latency_s + b / bandwidth``) and its jobs are compute only. Bytes are the real
 partial ones (``|M_t|`` × 4 bytes each way; the mask is derived from the run seed, so no indices are
-sent) and are written into each job's events row (see :func:`record_with_bytes`).
+sent) and are written into each job's events row (``Job.bytes_up``/``bytes_down``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -140,30 +139,6 @@ def draw_mask(
     return torch.cat([torch.arange(*blocks[b]) for b in chosen])
 
 
-@contextmanager
-def job_bytes(sim: Any, up: int, down: int) -> Iterator[None]:
-    """Within the block, job rows are written with ``up``/``down`` bytes instead of a full model.
-
-    The events row of a job takes its bytes from ``sim.timing`` at the moment it is recorded; this
-    swaps them in for one row. (A per-job bytes field on ``Job`` would be the core-level way.)
-    """
-    timing = sim.timing
-    saved = timing.bytes_up, timing.bytes_down
-    timing.bytes_up, timing.bytes_down = up, down
-    try:
-        yield
-    finally:
-        timing.bytes_up, timing.bytes_down = saved
-
-
-def record_with_bytes(
-    algorithm: Algorithm, job: Job, status: str, reason: str, up: int, down: int
-) -> None:
-    """``algorithm.record`` with the job's real bytes (``up`` counts only if uploaded)."""
-    with job_bytes(algorithm.sim, up, down):
-        Algorithm.record(algorithm, job, status, reason)
-
-
 # -- the algorithm ------------------------------------------------------------------------------
 
 
@@ -199,10 +174,7 @@ class Drpga(Algorithm):
             )
         self.network = scenario.clients.network
         # Communication is simulated by this algorithm (it overlaps computation): jobs are compute
-        # only, and job rows get their real partial bytes from record_with_bytes.
-        timing = sim.timing
-        timing.down_s = timing.up_s = 0.0
-        timing.bytes_up = timing.bytes_down = 0
+        # only (network=False), and job rows carry their real partial bytes.
         spec = sim.spec
         self.numel = spec.numel
         self.elem_bytes = spec.nbytes() // max(spec.numel, 1)
@@ -231,7 +203,6 @@ class Drpga(Algorithm):
         self.applied_round = [0] * n
         self._downloads: dict[tuple[int, int], simpy.Event] = {}
         self._job_done: list[simpy.Event | None] = [None] * n
-        self._down_bytes: dict[int, int] = {}  # job id -> bytes downloaded before it started
         self.rounds_done = 0
 
     # -- rounds ------------------------------------------------------------------------------------
@@ -277,12 +248,14 @@ class Drpga(Algorithm):
             done = self._job_done[i] = self.env.event()
             self.pool.take(i)
             job = self.pool.dispatch(
-                i, 0, self.server.version, self.local[i], self._arrived, self._lost
+                i, 0, self.server.version, self.local[i], self._arrived, self._lost, network=False
             )
             job.tag = t
-            self._down_bytes[job.id] = down
+            # The row's bytes: the share uploaded after training (|M_t| floats) and the average
+            # downloaded before starting (0 for the first D + 1 jobs).
+            job.bytes_up = self.round_info(t).nbytes
+            job.bytes_down = down
             yield done
-            del self._down_bytes[job.id]
             self._share(i, t)
 
     def on_arrival(self, job: Job) -> None:
@@ -298,15 +271,8 @@ class Drpga(Algorithm):
         self.record(job, "dropped")
         self._job_done[job.client].succeed()
 
-    def record(self, job: Job, status: str, reason: str = "") -> None:
-        """The job's row with its real bytes: the share it uploads after training (|M_t| floats)
-        and the average it downloaded before starting (0 for its first D + 1 jobs)."""
-        up = self.round_info(job.tag).nbytes
-        down = self._down_bytes.get(job.id, 0)
-        record_with_bytes(self, job, status, reason, up, down)
-
     def finish(self) -> None:
-        """Jobs still training at the stop, recorded here with their real download bytes."""
+        """Jobs still training at the stop (their rows keep their real download bytes)."""
         for job in list(self.pool.open_jobs.values()):
             self.record(job, "in_flight")
             self.pool.cancel(job)

@@ -112,7 +112,10 @@ class DSGD(MultiServerAlgorithm):
             self._round_done = self.env.event()
             self._waiting = n
             for s in range(n):
-                self.dispatch_to(self.clients_of[s][0], self.servers[s].params, server=s)
+                # A peer trains on itself: no client transfer; its models travel as messages.
+                self.dispatch_to(
+                    self.clients_of[s][0], self.servers[s].params, server=s, network=False
+                )
             yield self._round_done
             models = [self._local_model(s) for s in range(n)]
             self._jobs = []

@@ -38,7 +38,6 @@ import simpy
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fedsim.algorithms.base import EvalTarget, weighted_sum
-from fedsim.algorithms.drpga import record_with_bytes
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -340,7 +339,7 @@ class Modest(MultiServerAlgorithm):
         if old is not None and old.open:
             self.record(old, "cancelled", "newer_round")
             self.pool.cancel(old)
-        job = self.dispatch_to(self.client_of[peer], params, server=peer, version=k)
+        job = self.dispatch_to(self.client_of[peer], params, server=peer, version=k, network=False)
         job.tag = k
         self.peer_job[peer] = job
 
@@ -378,10 +377,6 @@ class Modest(MultiServerAlgorithm):
                     trained,
                     on_delivery=lambda m, agg=agg: self._model_in(agg, k, job, m),
                 )
-
-    def record(self, job: Job, status: str, reason: str = "") -> None:
-        """Job rows carry no bytes: a peer trains on itself; its models travel as messages."""
-        record_with_bytes(self, job, status, reason, 0, 0)
 
     # -- aggregators -------------------------------------------------------------------------------
     def _need(self, k: int) -> int:

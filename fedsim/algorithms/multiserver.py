@@ -52,18 +52,22 @@ class MultiServerAlgorithm(Algorithm):
         *,
         server: int | None = None,
         version: int | None = None,
+        network: bool = True,
     ) -> Job:
         """Start ``client`` (taking it from the idle list) training from ``params``.
 
         ``server`` defaults to the client's own server and ``version`` to that server's version; the
-        arrival goes to :meth:`on_arrival` as usual.
+        arrival goes to :meth:`on_arrival` as usual. ``network=False``: a compute-only job (a peer
+        training on itself: no transfer time, no client bytes; its models travel as messages).
         """
         if server is None:
             server = int(self.sim.client_server[client])
         if version is None:
             version = self.servers[server].version
         self.pool.take(client)
-        return self.pool.dispatch(client, server, version, params, self._arrived_at, self._lost_at)
+        return self.pool.dispatch(
+            client, server, version, params, self._arrived_at, self._lost_at, network=network
+        )
 
     def _arrived_at(self, job: Job) -> None:
         job.arrival_version = self.servers[job.server].version
