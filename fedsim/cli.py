@@ -122,7 +122,17 @@ def validate(scenario_file: Path, overrides: tuple[str, ...]) -> None:
     click.echo(f"ok: {scenario.name} ({scenario.algorithm.name}, hash {scenario.hash()})")
 
 
-PLOT_KINDS = ("accuracy", "loss", "staleness", "staleness_time", "timeline", "contribution")
+PLOT_KINDS = (
+    "accuracy",
+    "loss",
+    "staleness",
+    "staleness_time",
+    "timeline",
+    "contribution",
+    "consensus",
+    "bytes",
+    "graph",
+)
 
 
 @cli.command()
@@ -135,7 +145,7 @@ def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
     from fedsim.simulation import Result
 
     results = [Result.load(d) for d in run_dirs]
-    single = {"staleness_time", "timeline", "contribution"}
+    single = {"staleness_time", "timeline", "contribution", "graph"}
     if kind in single and len(results) > 1:
         raise click.UsageError(f"--kind {kind} takes one run directory, got {len(results)}")
     if kind in ("accuracy", "loss"):
@@ -150,11 +160,31 @@ def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
         figure = plots.staleness_over_time(results[0])
     elif kind == "timeline":
         figure = plots.client_timeline(results[0])
-    else:
+    elif kind == "contribution":
         figure = plots.client_contribution(results[0], speeds=plots.client_speeds(results[0]))
+    else:
+        figure = _network_plot(kind, results, run_dirs)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_file, dpi=120)
     click.echo(f"wrote {out_file}")
+
+
+def _network_plot(kind: str, results: list, run_dirs: tuple[Path, ...]):
+    """consensus / bytes / graph: figures of multi-server runs (fedsim.plots_network)."""
+    from fedsim import plots_network
+
+    if kind in ("consensus", "graph"):
+        flat = [r for r in results if r.scenario.topology is None]
+        if flat:
+            raise ScenarioError(
+                f"--kind {kind} needs a multi-server run (a topology: section); "
+                f"{flat[0].run_dir} has one server"
+            )
+    if kind == "consensus":
+        return plots_network.consensus_error_vs_time(results)
+    if kind == "graph":
+        return plots_network.server_graph(results[0])
+    return plots_network.bytes_vs_accuracy(results)
 
 
 @cli.group()

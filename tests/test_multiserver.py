@@ -132,3 +132,30 @@ def test_single_server_runs_have_nan_consensus_error(small_learning):
     assert (result.evals["task"] == 0).all()
     assert result.summary["bytes"]["server_to_server"] == 0
     assert result.summary["topology"] is None
+
+
+def test_cli_plots_of_a_multi_server_run(small_learning, tmp_path, capsys):
+    import fedsim
+    from fedsim.cli import main
+
+    def cli(args: list[str]) -> tuple[int, str]:
+        try:
+            main(args)
+        except SystemExit as exc:
+            return int(exc.code or 0), capsys.readouterr().err
+        return 0, capsys.readouterr().err
+
+    multi = {**small_learning, "clients": {"compute": {"mean_s": 1.0}}}
+    multi |= {"topology": {"servers": 4}, "algorithm": {"name": "dfl", "consensus_steps": 2}}
+    fedsim.run(multi, out=tmp_path / "multi", stop__time_s=20)
+    fedsim.run(small_learning, out=tmp_path / "single", stop__time_s=10)
+    for kind in ("consensus", "bytes", "graph"):
+        out = tmp_path / f"{kind}.png"
+        code, err = cli(["plot", str(tmp_path / "multi"), "--kind", kind, "--out", str(out)])
+        assert code == 0, err
+        assert out.stat().st_size > 1000
+    code, err = cli(
+        ["plot", str(tmp_path / "single"), "--kind", "graph", "--out", str(tmp_path / "x.png")]
+    )
+    assert code == 2
+    assert err.count("\n") == 1 and "needs a multi-server run" in err
