@@ -256,7 +256,7 @@ class BatchedTrainer:
             padding = (sizes, torch.as_tensor(weight, dtype=dtype, device=device))
         # active[t] = number of jobs with more than t steps (a prefix, as steps are sorted).
         active = (steps[None, :] > np.arange(t_max)[:, None]).sum(1).tolist()
-        w = torch.stack([h.job.start for h in handles]).detach().clone()
+        w = torch.stack([h.job.start for h in handles]).detach()  # stack copies: starts untouched
         buf: torch.Tensor | None = None
         x_all, y_all = data.x_train, data.y_train
         flip = None
@@ -277,8 +277,10 @@ class BatchedTrainer:
                 buf = g if buf is None else cfg.momentum * buf[:k] + g
                 g = buf
             w[:k] = wk - cfg.lr * g
+        # Own copies: a view would keep the whole [n, d] stack alive until its last job arrives.
         for h, w_end in zip(handles, w.unbind(0), strict=True):
-            h._result = w_end
+            h._result = w_end.clone()
+        del w, buf
         self.jobs_batched += n
         self.stacks += 1
 
@@ -300,10 +302,32 @@ class AutoTrainer(BatchedTrainer):
         super().__init__(task, max_batch=max_batch, sequential_max=sequential_max, pad=pad)
 
 
+STACK_BUDGET_CPU = 256 * 2**20
+"""Bytes the per-step stacks (parameters, gradients, momentum, update) may take on a CPU."""
+
+
+def default_max_batch(numel: int, device: torch.device | str = "cpu") -> int:
+    """Jobs per vectorised stack so that ~4 ``[n, d]`` float32 stacks fit the memory budget.
+
+    The budget is :data:`STACK_BUDGET_CPU` on a CPU and a quarter of the free memory on a GPU;
+    the result is clamped to [16, 1024] (batching gains level off well before 1024 jobs).
+    """
+    budget = STACK_BUDGET_CPU
+    if torch.device(device).type == "cuda":
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        budget = free // 4
+    return int(min(1024, max(16, budget // (16 * max(numel, 1)))))
+
+
 def make_trainer(
-    task: LocalTask, backend: str, *, max_batch: int = 1024, pad: PadPolicy = "pow2"
+    task: LocalTask, backend: str, *, max_batch: int | None = None, pad: PadPolicy = "pow2"
 ) -> SequentialTrainer | BatchedTrainer:
-    """The trainer for ``training.backend``: ``sequential``, ``batched`` or ``auto``."""
+    """The trainer for ``training.backend``: ``sequential``, ``batched`` or ``auto``.
+
+    ``max_batch`` None: chosen from the model size and free memory (:func:`default_max_batch`).
+    """
+    if max_batch is None:
+        max_batch = default_max_batch(task.spec.numel, task.data.x_train.device)
     if backend == "sequential":
         return SequentialTrainer(task)
     if backend == "batched":

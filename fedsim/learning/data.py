@@ -408,7 +408,9 @@ def _idx(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
     xs, ys, xt, yt = (read_idx(f) for f in files)
 
     def images(a: np.ndarray) -> np.ndarray:
-        return (a.astype(np.float32) / 255.0).reshape(len(a), 1, 28, 28)
+        x = a.astype(np.float32)
+        x /= 255.0  # in place: one float copy of the images, not two
+        return x.reshape(len(a), 1, 28, 28)
 
     return RawData(images(xs), ys.astype(np.int64), images(xt), yt.astype(np.int64))
 
@@ -434,8 +436,11 @@ def _cifar10(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawDat
         ys.append(np.asarray(labels, dtype=np.int64))
 
     def images(a: np.ndarray) -> np.ndarray:
-        x = a.astype(np.float32) / 255.0
-        return (x - CIFAR10_MEAN[:, None, None]) / CIFAR10_STD[:, None, None]
+        x = a.astype(np.float32)
+        x /= 255.0
+        x -= CIFAR10_MEAN[:, None, None]
+        x /= CIFAR10_STD[:, None, None]
+        return x
 
     return RawData(images(np.concatenate(xs[:-1])), np.concatenate(ys[:-1]), images(xs[-1]), ys[-1])
 
