@@ -361,6 +361,9 @@ class Simulation:
         events, evals = self._finish_files()
         summary = self.summary(time.perf_counter() - self._started, events)
         summary["best_accuracy"] = float(evals["accuracy"].max()) if len(evals) else math.nan
+        extra = getattr(self.algorithm, "summary_extra", None)
+        if extra is not None:  # an algorithm's own figures (e.g. FedAST's per-task times)
+            summary.update(extra())
         if self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
         return Result(self.scenario, events, evals, summary, self.run_dir)

@@ -19,10 +19,14 @@ from fedsim.algorithms.sync_st import SyncSt, SyncStConfig
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls
-    for cls in (FedAvg, FedAsync, FedBuff, FedFix, AsyncFedAvg, FedBuffC, Drpga, Modest)
-    + (DFL, DSGD)
-    + (Brain, Frain)
-    + (FedAst, SyncSt)
+    for cls in (
+        *(FedAvg, FedAsync, FedBuff),  # the classics
+        *(FedFix, AsyncFedAvg, FedBuffC),  # Fraboni et al.
+        *(Brain, Frain),  # committee-scored, seed 000
+        *(FedAst, SyncSt),  # multi-task, seed 002
+        *(DFL, DSGD, Modest),  # multi-server and decentralized, seeds 001 and 003
+        Drpga,  # partial delayed averaging, seed 004
+    )
 }
 """name → algorithm class; each class names its config model."""
 

@@ -26,7 +26,13 @@ import simpy
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from fedsim.algorithms.multitask import MultiTaskAlgorithm, TaskConfig, TaskState, check_tasks
+from fedsim.algorithms.multitask import (
+    MultiTaskAlgorithm,
+    TaskConfig,
+    TaskState,
+    check_multitask_scenario,
+    check_tasks,
+)
 from fedsim.algorithms.realloc import dispersion, reallocate, split_proportional
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -67,6 +73,10 @@ class FedAstConfig(Section):
     free slot at once). (Alias: on_arrival = immediate.)"""
     test_every: PositiveInt = 1
     """Check a task's target after every this many of its server steps (the code's round_to_test)."""
+
+    def check_scenario(self, scenario: Any) -> None:
+        """Run by scenario validation: sections FedAST/Sync-ST cannot use, an empty task list."""
+        check_multitask_scenario(self, scenario)
 
     @model_validator(mode="before")
     @classmethod

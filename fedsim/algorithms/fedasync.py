@@ -89,7 +89,9 @@ class FedAsync(Algorithm):
         byz = self.sim.byzantine_list[job.client]
         if self.server_attack and byz:
             if not self.honest_window:
-                self.record(job, "rejected", "no_honest_reference")  # nothing to imitate yet: the attacker stays silent
+                self.record(
+                    job, "rejected", "no_honest_reference"
+                )  # nothing to imitate yet: the attacker stays silent
                 return
             honest = torch.stack(list(self.honest_window))
             n_total = len(self.honest_window) + 1

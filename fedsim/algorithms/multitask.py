@@ -66,6 +66,22 @@ class TaskConfig(Section):
         return self
 
 
+def check_multitask_scenario(config: Any, scenario: Any) -> None:
+    """Cross-section rules of FedAST and Sync-ST, run by scenario validation (``fedsim validate``)."""
+    for key, value in (("byzantine", scenario.byzantine), ("topology", scenario.topology)):
+        if value is not None:
+            raise ScenarioError(f"not supported by {config.name}; set it to null", path=key)
+    if scenario.aggregator.name != "mean":
+        raise ScenarioError(
+            f"{config.name} averages each task's updates; only aggregator mean is supported",
+            path="aggregator.name",
+        )
+    if not config.tasks:
+        raise ScenarioError(
+            "give at least one task (its data, model and target)", path="algorithm.tasks"
+        )
+
+
 def check_tasks(config: Section) -> int:
     """The number of tasks a config's ``tasks`` list gives (at least 1 for the checks that follow).
 
@@ -103,6 +119,8 @@ class TaskState:
     """Mean SGD steps per job (τ of the dispersion statistic)."""
     weight_mask: torch.Tensor
     """Coordinates of non-bias tensors (the dispersion statistic skips biases, as the code does)."""
+    model_bytes: int = 0
+    """Bytes of the task's model (each job downloads and uploads one)."""
     finished_at: float | None = None
     checks: int = 0
     last_accuracy: float = math.nan
@@ -197,6 +215,7 @@ def build_tasks(configs: list[TaskConfig], sim: Simulation, server_lr: float) ->
                 server_lr=cfg.server_lr if cfg.server_lr is not None else server_lr,
                 local_steps=steps,
                 weight_mask=mask.to(sim.device),
+                model_bytes=spec.nbytes(),
             )
         )
     return tasks
@@ -212,22 +231,6 @@ class MultiTaskAlgorithm(Algorithm):
 
     def __init__(self, config: Any, sim: Simulation) -> None:
         super().__init__(config, sim)
-        scenario = sim.scenario
-        for key, value in (
-            ("byzantine", scenario.byzantine),
-            ("topology", scenario.topology),
-        ):
-            if value is not None:
-                raise ScenarioError(f"not supported by {config.name}; set it to null", path=key)
-        if self.aggregator is not None and self.aggregator.name != "mean":
-            raise ScenarioError(
-                f"{config.name} averages each task's updates; only aggregator mean is supported",
-                path="aggregator.name",
-            )
-        if not config.tasks:
-            raise ScenarioError(
-                "give at least one task (its data, model and target)", path="algorithm.tasks"
-            )
         self.tasks = build_tasks(list(config.tasks), sim, config.server_lr)
         self.test_every = config.test_every
 
@@ -245,6 +248,7 @@ class MultiTaskAlgorithm(Algorithm):
             trainer=task.trainer,
             task=task.index,
         )
+        job.bytes_up = job.bytes_down = task.model_bytes  # the task's model, not the top-level one
         task.jobs[job.id] = job
         return job
 

@@ -16,7 +16,12 @@ from typing import Any, Literal
 import simpy
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from fedsim.algorithms.multitask import MultiTaskAlgorithm, TaskConfig, check_tasks
+from fedsim.algorithms.multitask import (
+    MultiTaskAlgorithm,
+    TaskConfig,
+    check_multitask_scenario,
+    check_tasks,
+)
 from fedsim.algorithms.realloc import split_proportional
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -40,6 +45,10 @@ class SyncStConfig(Section):
     """Server learning rate η_g (the code's Sync-ST: 1; a task's server_lr overrides it)."""
     test_every: PositiveInt = 1
     """Check the targets after every this many rounds."""
+
+    def check_scenario(self, scenario: Any) -> None:
+        """Run by scenario validation: sections FedAST/Sync-ST cannot use, an empty task list."""
+        check_multitask_scenario(self, scenario)
 
     @model_validator(mode="after")
     def _check(self) -> SyncStConfig:
