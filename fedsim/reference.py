@@ -344,7 +344,22 @@ def _rows_and_unions(
             unions.extend(sub_unions)
         else:
             rows.append(value_row(path, name, field, value))
+            item = _list_item_section(field)
+            if item is not None:  # a list of sections (FedAST's tasks): document an item's keys
+                item_rows, _ = _rows_and_unions(item, item.model_construct(), f"{path}[]")
+                rows.extend(item_rows)
     return rows, unions
+
+
+def _list_item_section(field: FieldInfo) -> type[Section] | None:
+    """``X`` when the field is ``list[X]`` of a Section (its items' keys get rows ``path[].key``)."""
+    tp, _ = _strip_annotated(field.annotation)
+    if typing.get_origin(tp) is list:
+        (arg,) = typing.get_args(tp) or (None,)
+        arg, _ = _strip_annotated(arg)
+        if _is_section(arg):
+            return arg
+    return None
 
 
 def _join_text(*parts: str) -> str:
