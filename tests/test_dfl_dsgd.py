@@ -288,6 +288,213 @@ def test_periodic_partial_merges_average_the_chosen_peers_only():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Asynchronous D-SGD (mode: async): each peer trains, sends, waits for its in-neighbours, mixes.
+
+
+def _async_pair(gossip: dict, training: dict) -> tuple[Simulation, Simulation]:
+    spec = {
+        **DIGITS_GD,
+        "training": training,
+        "data": {"dataset": "digits", "partition": {"kind": "dirichlet", "alpha": 0.3}},
+        "topology": {"servers": 8, "graph": "ring", "clients_per_server": 1},
+        "algorithm": {"name": "dsgd", "rounds": 6, **gossip},
+    }
+    sync = _run(spec)
+    spec["algorithm"] = {**spec["algorithm"], "mode": "async"}
+    return sync, _run(spec)
+
+
+@pytest.mark.parametrize(
+    ("gossip", "batch_size"),
+    [
+        ({}, 16),  # MH ring, minibatch SGD: same jobs, same seeds, same rounds
+        (  # random-r rows, 2 gossip steps, partial merges, final merge; full-batch GD
+            {
+                "gossip": "random",
+                "r": {"r_start": 1.3},
+                "gossip_steps": 2,
+                "merge": {"fraction_r": 0.5, "every_steps": 6, "final_at": 0.8},
+            },
+            512,
+        ),
+    ],
+)
+def test_async_with_equal_job_times_is_the_sync_run(gossip, batch_size):
+    training = {"local_steps": 3, "batch_size": batch_size, "lr": 0.1}
+    sync, asyn = _async_pair(gossip, training)
+    for a, b in zip(sync.servers, asyn.servers, strict=True):
+        assert a.version == b.version == 6
+        assert torch.allclose(a.params, b.params, atol=1e-6, rtol=0)
+    spread = float((sync.servers[0].params - sync.servers[1].params).abs().max())
+    assert spread > 1e-3 if "merge" not in gossip else spread == 0  # final merge: consensus
+    assert asyn.result.summary["stop_reason"] == "rounds"
+    # a peer whose random row has no in-neighbours need not wait for the step's messages
+    t_sync, t_async = sync.result.summary["sim_time_s"], asyn.result.summary["sim_time_s"]
+    assert t_async == pytest.approx(t_sync) if not gossip else t_async <= t_sync
+    for status in ("applied", "message"):
+        n_sync = (sync.result.events["status"] == status).sum()
+        assert (asyn.result.events["status"] == status).sum() == n_sync
+    assert asyn.algorithm.merges == sync.algorithm.merges
+
+
+def _straggler_ring(mode: str, **alg) -> Simulation:
+    """8-peer ring, 1 s jobs, one peer 5× slower, timing only, 100 simulated seconds."""
+    return _run(
+        {
+            "seed": 1,
+            "training": "none",
+            "clients": {
+                "compute": {"dist": "constant", "mean_s": 1.0},
+                "stragglers": {"fraction": 1 / 8, "slowdown": 5.0},
+            },
+            "topology": {"servers": 8, "graph": "ring", "clients_per_server": 1},
+            "algorithm": {"name": "dsgd", "rounds": 1000, "mode": mode, **alg},
+            "stop": {"time_s": 100.5},
+        }
+    )
+
+
+def test_a_straggler_slows_only_its_neighbourhood_in_async_mode():
+    sync, asyn = _straggler_ring("sync"), _straggler_ring("async")
+    slow = int(np.flatnonzero(sync.pool.timing.is_straggler)[0])
+    distance = [min((s - slow) % 8, (slow - s) % 8) for s in range(8)]
+    sync_rounds = [s.version for s in sync.servers]
+    rounds = [s.version for s in asyn.servers]
+    # sync: every round waits for the straggler's 5 s job plus one message (0.1 s + transfer)
+    nbytes = int(sync.result.events.query("status == 'message'")["bytes_up"].iloc[0])
+    period = 5.0 + 0.1 + nbytes * 8 / 100e6
+    assert sync_rounds == [int(100.5 // period)] * 8
+    # async: the straggler never waits (its neighbours' models are there before its job ends)
+    assert rounds[slow] == int(100.5 // 5.0) == sync_rounds[0] + 1
+    for s in range(8):  # ring neighbours are at most one round apart (the wait rule)
+        assert abs(rounds[s] - rounds[(s + 1) % 8]) <= 1
+    by_distance = [
+        min(r for r, d in zip(rounds, distance, strict=True) if d == k) for k in range(5)
+    ]
+    assert by_distance == sorted(by_distance)  # the further from the straggler, the more rounds
+    assert by_distance[4] >= rounds[slow] + 2 > sync_rounds[0] + 2
+    # staleness column: 0 with wait; latest mixes older neighbour models next to the straggler
+    applied = asyn.result.events.query("status == 'applied'")
+    assert (applied["staleness"] == 0).all() and len(applied) == sum(rounds)
+    latest = _straggler_ring("async", async_rule="latest")
+    late = latest.result.events.query("status == 'applied'")
+    assert late["staleness"].max() > 1
+    assert late.query(f"server == {slow}")["staleness"].max() == 0  # neighbours are ahead
+
+
+def test_async_message_counts_match_the_rounds_and_the_final_merge():
+    spec = {
+        "seed": 2,
+        "training": "none",
+        "clients": {
+            "compute": {"dist": "exponential", "mean_s": 1.0},
+            "stragglers": {"fraction": 0.25, "slowdown": 5.0},
+        },
+        "topology": {"servers": 4, "graph": "ring", "clients_per_server": 1},
+        "algorithm": {
+            "name": "dsgd",
+            "rounds": 3,
+            "gossip_steps": 2,
+            "merge": {"final_at": 1.0},
+            "mode": "async",
+        },
+        "stop": {"time_s": 1e6},
+    }
+    result = fedsim.run(spec, save=False)
+    messages = result.events.query("status == 'message'")
+    assert len(messages) == 2 * 2 * 8 + 4 * 3  # as in sync: Q × 2|E| per gossip round + n(n−1)
+    assert result.summary["stop_reason"] == "rounds"
+    # the merge waits for every peer: the run ends one message after the slowest peer's last job
+    applied = result.events.query("status == 'applied'")
+    delay = float(messages["comm_s"].iloc[0])
+    assert result.summary["sim_time_s"] == pytest.approx(applied["sim_time"].max() + delay)
+    assert (applied.groupby("server").size() == 3).all()
+
+
+def test_async_mixing_preserves_the_peer_mean_once_every_peer_has_the_same_round():
+    """Toy regression on a 5-ring with MH weights (doubly stochastic), exponential job times and a
+    straggler: after round R every peer mixed its neighbours' round-R models, so x^R = W · h^R with
+    h^R the half-step (k steps of full-batch GD from x^{R-1}, recomputed here in numpy)."""
+    lr, steps, R = 0.05, 5, 4
+
+    def run(rounds: int) -> Simulation:
+        spec = _toy(lr, epochs=1, local_steps=steps)
+        spec["clients"] = {
+            "compute": {"dist": "exponential", "mean_s": 1.0},
+            "stragglers": {"fraction": 0.2, "slowdown": 5.0},
+        }
+        spec["topology"] = {"servers": 5, "graph": "ring", "clients_per_server": 1}
+        spec["algorithm"] = {"name": "dsgd", "rounds": rounds, "mode": "async"}
+        return _run(spec)
+
+    before, after = run(R - 1), run(R)
+    x = torch.stack([s.params for s in before.servers]).double().numpy()
+    got = torch.stack([s.params for s in after.servers]).double().numpy()
+    data_x = after.data.x_train.double().numpy()
+    data_y = after.data.y_train.double().numpy()
+    half = x.copy()
+    for i, rows in enumerate(after.data.client_indices):
+        X = np.c_[data_x[rows], np.ones(len(rows))]
+        for _ in range(steps):
+            half[i] -= lr * 2 * X.T @ (X @ half[i] - data_y[rows]) / len(rows)
+    W = after.topology.W
+    assert np.allclose(W.sum(axis=0), 1.0) and np.allclose(W.sum(axis=1), 1.0)
+    assert np.allclose(got.mean(axis=0), half.mean(axis=0), atol=1e-5, rtol=0)
+    assert np.allclose(got, W @ half, atol=1e-5, rtol=0)
+    assert np.abs(got - half).max() > 1e-2  # the mixing moved the models
+    # the run really was asynchronous: some job started while another peer was rounds behind
+    jobs = after.result.events.query("status == 'applied'")
+    assert (jobs.groupby("base_version")["dispatched_at"].agg(np.ptp) > 1.0).any()
+
+
+@pytest.mark.parametrize("gossip", ["mixing", "random"])
+def test_async_survives_failed_links_peers_and_lost_jobs(gossip):
+    spec = {
+        "seed": 3,
+        "training": "none",
+        "clients": {
+            "compute": {"dist": "exponential", "mean_s": 1.0},
+            "stragglers": {"fraction": 0.3, "slowdown": 5.0},
+            "dropout": {"prob": 0.1},
+        },
+        "topology": {
+            "servers": 8,
+            "graph": "ring",
+            "clients_per_server": 1,
+            "failures": [
+                {"at_s": 3.0, "until_s": 9.0, "link": [0, 1]},
+                {"at_s": 5.0, "until_s": 20.0, "node": 4},
+            ],
+        },
+        "algorithm": {
+            "name": "dsgd",
+            "rounds": 12,
+            "gossip": gossip,
+            "r": {"r_start": 1.5},
+            "gossip_steps": 2,
+            "mode": "async",
+            "merge": {"fraction_r": 0.5, "every_steps": 6, "final_at": 0.9},
+        },
+        "stop": {"time_s": 1e6},
+    }
+    sim = _run(spec)
+    counts = sim.result.events["status"].value_counts()
+    assert sim.result.summary["stop_reason"] == "rounds" and sim.algorithm.round == 12
+    assert counts["applied"] + counts["dropped"] == 8 * 12 and counts["dropped"] > 0
+    assert not sim.algorithm._slots and not sim.algorithm._discard  # every message consumed
+
+
+def test_async_latest_needs_the_topology_mixing(tmp_path, capsys):
+    err = _cli(
+        tmp_path,
+        capsys,
+        "algorithm: {name: dsgd, gossip: random, mode: async, async_rule: latest}\n"
+        "topology: {servers: 3, clients_per_server: 1}",
+    )
+    assert "async_rule" in err and "gossip: mixing" in err
+
+
+# ---------------------------------------------------------------------------------------------------
 # The gossip operators
 
 

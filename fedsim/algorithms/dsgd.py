@@ -1,5 +1,5 @@
 """Decentralized SGD (gossip) with the single-global-merge schedule (arXiv 2507.06542; ALGORITHMS.md
-§3.10).
+§3.10), synchronous or asynchronous.
 
 Every node of the ``topology:`` graph is a peer: a server with exactly one client (its own data). One
 communication round (adapt-then-combine)::
@@ -20,30 +20,41 @@ talk). Every non-zero ``W_ij`` (j ≠ i) is a message j → i over a link.
 - ``every_steps`` / ``fraction_r``: every ``every_steps`` local steps, a random ``fraction_r`` of
   the peers (all of them with 1.0) average their models after the gossip.
 
-Rounds are synchronous (each round waits for every peer's job; a peer whose job was lost keeps its
-model). Evaluation: one row per peer (its local model) and, with ``eval_merged``, one more row with
-``server = -1`` for the merged model ``x̄ = mean_i x_i`` (what a global merge would give now; its
-version is the round). The run stops after ``rounds`` rounds.
+The steps of round t (its gossip matrices and merges) are one *plan* per round, drawn in round
+order from the run's streams, so both modes use the same matrices.
+
+``mode: sync``: each round waits for every peer's job (a peer whose job was lost keeps its model),
+then gossips. ``mode: async``: every peer loops on its own (train, send, wait, mix, publish); with
+``async_rule: wait`` a peer's gossip step waits only for the same round's models of the in-neighbours
+of its row, so a straggler slows its neighbours, theirs one round later, and so on, but not the whole
+graph; ``async_rule: latest`` mixes the newest model held from each in-neighbour without waiting.
+Merges wait in both rules (a merge averages one round's models). Evaluation: one row per peer (its
+local model) and, with ``eval_merged``, one more row with ``server = -1`` for the merged model
+``x̄ = mean_i x_i`` (what a global merge would give now; its version is the smallest round count).
+The run stops after ``rounds`` rounds (in async mode, once every peer has done them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections import Counter
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import simpy
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from fedsim.algorithms.base import EvalTarget
-from fedsim.algorithms.gossip import RSchedule, random_r_matrix, received_mixing
+from fedsim.algorithms.gossip import RSchedule, random_r_matrix, received_mixing, received_row
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
 
 PROGRESS_TOL = 1e-9
+END_OF_INSTANT = 2  # SimPy priority after every normal event of the same simulated time
 
 
 class MergeConfig(Section):
@@ -57,7 +68,8 @@ class MergeConfig(Section):
     null: no periodic merge."""
     final_at: float | None = Field(1.0, gt=0, le=1)
     """Progress π = round / rounds from which every round ends in a global merge instead of the
-    gossip (1 = one merge after the last round); null: no final merge."""
+    gossip (1 = one merge after the last round); null: no final merge. In async mode π is each
+    peer's own round / rounds: the merge of round t waits for every peer's round-t model."""
 
 
 class DSGDConfig(Section):
@@ -77,6 +89,33 @@ class DSGDConfig(Section):
     """Model merges: {fraction_r, every_steps, final_at}; null: plain gossip."""
     eval_merged: bool = True
     """Also evaluate the merged model mean_i x_i (an evals row with server = -1)."""
+    mode: Literal["sync", "async"] = "sync"
+    """sync: every round is a global barrier (all peers train, then all gossip); async: each peer
+    loops on its own (train, send to its out-neighbours, mix, publish), so peers run at different
+    round counts and a straggler slows only its neighbours."""
+    async_rule: Literal["wait", "latest"] = "wait"
+    """async only. wait: a gossip step waits for the same round's models of the in-neighbours of the
+    peer's row (equal job times give exactly the sync run); latest: mix the newest model received
+    from each in-neighbour, without waiting (gossip: mixing only; merges still wait). The job row's
+    staleness is the largest round gap to a mixed neighbour model (always 0 with wait)."""
+
+    @model_validator(mode="after")
+    def _latest_needs_a_fixed_graph(self) -> DSGDConfig:
+        if self.mode == "async" and self.async_rule == "latest" and self.gossip != "mixing":
+            raise ValueError(
+                "async_rule: latest needs gossip: mixing (random-r rows are redrawn every round, "
+                "so a peer would rarely hold a model from the neighbours it samples)"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One gossip step of a round: ``W`` shared by every peer, or None for the topology's mixing
+    matrix at the moment each peer uses it; ``merge`` steps always wait for their models."""
+
+    W: np.ndarray | None
+    merge: bool = False
 
 
 class DSGD(MultiServerAlgorithm):
@@ -98,63 +137,46 @@ class DSGD(MultiServerAlgorithm):
         self.steps_per_round = training.local_steps if training is not None else 1
         self.gossip_rng = sim.streams.generator("dsgd.gossip")
         self.merge_rng = sim.streams.generator("dsgd.merge")
+        self._plans: dict[int, list[Step]] = {}
+        self._planned = 0
+        # sync
         self._jobs: list[Job | None] = []
         self._waiting = 0
         self._round_done: simpy.Event | None = None
-
-    # -- the round --------------------------------------------------------------------------------------
-    def run(self) -> Generator[simpy.Event, Any, None]:
-        cfg = self.config
+        # async
         n = len(self.servers)
+        self.rounds_done = [0] * n
+        self._arrival: list[simpy.Event | None] = [None] * n
+        self._held: list[Job | None] = [None] * n
+        self._to_dispatch: list[tuple[int, simpy.Event]] = []
+        self._slots: dict[tuple[int, int, int, int], simpy.Event] = {}
+        self._discard: set[tuple[int, int, int, int]] = set()
+        self._latest: list[dict[int, tuple[int, torch.Tensor | None]]] = [{} for _ in range(n)]
+        self._completed: Counter[int] = Counter()
+
+    # -- the plan of a round ---------------------------------------------------------------------------
+    def _steps(self, t: int) -> list[Step]:
+        """Round ``t``'s gossip steps, drawn once and in round order (same draws in both modes)."""
+        while self._planned < t:
+            self._planned += 1
+            self._plans[self._planned] = self._plan(self._planned)
+        return self._plans[t]
+
+    def _plan(self, t: int) -> list[Step]:
+        cfg, n = self.config, len(self.servers)
         merge = cfg.merge
-        for t in range(1, cfg.rounds + 1):
-            self._jobs = [None] * n
-            self._round_done = self.env.event()
-            self._waiting = n
-            for s in range(n):
-                # A peer trains on itself: no client transfer; its models travel as messages.
-                self.dispatch_to(
-                    self.clients_of[s][0], self.servers[s].params, server=s, network=False
-                )
-            yield self._round_done
-            models = [self._local_model(s) for s in range(n)]
-            self._jobs = []
-            progress = t / cfg.rounds
-            if (
-                merge is not None
-                and merge.final_at is not None
-                and (progress >= merge.final_at - PROGRESS_TOL)
-            ):
-                models = yield from self._gossip(models, np.full((n, n), 1.0 / n))
-                self.merges += 1
-            else:
-                for _ in range(cfg.gossip_steps):
-                    models = yield from self._gossip(models, self._gossip_matrix(progress))
-                if merge is not None and self._merge_due(t, merge):
-                    models = yield from self._gossip(models, self._merge_matrix(merge.fraction_r))
-                    self.merges += 1
-            for s, x in enumerate(models):
-                self.publish_to(s, x)
-            self.round = t
-        self.sim.stop("rounds")
+        progress = t / cfg.rounds
+        final_at = merge.final_at if merge is not None else None
+        if final_at is not None and progress >= final_at - PROGRESS_TOL:
+            return [Step(np.full((n, n), 1.0 / n), merge=True)]
+        steps = [Step(self._gossip_matrix(progress)) for _ in range(cfg.gossip_steps)]
+        if merge is not None and self._merge_due(t, merge):
+            steps.append(Step(self._merge_matrix(merge.fraction_r), merge=True))
+        return steps
 
-    def _local_model(self, s: int) -> torch.Tensor | None:
-        job = self._jobs[s]
-        current = self.servers[s].params
-        if job is None:  # lost: the peer keeps its model
-            return current
-        if not self.learning:
-            self.record(job, "applied")
-            return current
-        w = self.trained(job)
-        if w is None:
-            return current
-        self.record(job, "applied")
-        return w
-
-    def _gossip_matrix(self, progress: float) -> np.ndarray:
+    def _gossip_matrix(self, progress: float) -> np.ndarray | None:
         if self.config.gossip == "mixing":
-            return self.mixing()
+            return None  # the topology's W at the moment of use (links may fail)
         return random_r_matrix(len(self.servers), self.config.r.at(progress), self.gossip_rng)
 
     def _merge_due(self, t: int, merge: MergeConfig) -> bool:
@@ -171,6 +193,59 @@ class DSGD(MultiServerAlgorithm):
         W = np.eye(n)
         W[np.ix_(members, members)] = 1.0 / size
         return W
+
+    def _round_completed(self, t: int) -> None:
+        """Bookkeeping once every peer has finished round ``t``: merges counted, plan freed."""
+        self.merges += sum(step.merge for step in self._plans.pop(t))
+        self.round = t
+
+    def run(self) -> Generator[simpy.Event, Any, None]:
+        if self.config.mode == "async":
+            for s in range(len(self.servers)):
+                self.env.process(self._peer(s))
+            return
+        yield from self._run_sync()
+
+    # -- synchronous rounds -----------------------------------------------------------------------------
+    def _run_sync(self) -> Generator[simpy.Event, Any, None]:
+        n = len(self.servers)
+        for t in range(1, self.config.rounds + 1):
+            self._jobs = [None] * n
+            self._round_done = self.env.event()
+            self._waiting = n
+            for s in range(n):
+                # A peer trains on itself: no client transfer; its models travel as messages.
+                self.dispatch_to(
+                    self.clients_of[s][0], self.servers[s].params, server=s, network=False
+                )
+            yield self._round_done
+            models = []
+            for s in range(n):
+                job = self._jobs[s]
+                accepted, x = self._local_model(s, job)
+                if accepted:
+                    self.record(job, "applied")
+                models.append(x)
+            self._jobs = []
+            for step in self._steps(t):
+                W = self.mixing() if step.W is None else step.W
+                models = yield from self._gossip(models, W)
+            for s, x in enumerate(models):
+                self.publish_to(s, x)
+            self.rounds_done = [t] * n
+            self._round_completed(t)
+        self.sim.stop("rounds")
+
+    def _local_model(self, s: int, job: Job | None) -> tuple[bool, torch.Tensor | None]:
+        """(accepted, model): the peer's trained model, or its current one when the job was lost
+        or rejected (recorded) and in timing-only runs."""
+        current = self.servers[s].params
+        if job is None:
+            return False, current
+        if not self.learning:
+            return True, current
+        w = self.trained(job)
+        return (False, current) if w is None else (True, w)
 
     def _gossip(
         self, models: list[torch.Tensor | None], W: np.ndarray
@@ -195,14 +270,149 @@ class DSGD(MultiServerAlgorithm):
             return models
         return self.mix(models, received_mixing(W, inbox))
 
+    # -- asynchronous peers -----------------------------------------------------------------------------
+    def _peer(self, s: int) -> Generator[simpy.Event, Any, None]:
+        """Peer ``s`` on its own: train, then each step of the round's plan, then publish."""
+        rule = self.config.async_rule
+        for t in range(1, self.config.rounds + 1):
+            job = yield self._request_job(s)
+            accepted, x = self._local_model(s, job)
+            self._held[s] = job if accepted else None  # lost or rejected: keeps its model
+            gap = 0
+            for q, step in enumerate(self._steps(t)):
+                W = self.mixing() if step.W is None else step.W
+                wait = step.merge or rule == "wait"
+                self._send_step(s, t, q, step, W, x, wait)
+                if wait:
+                    x = yield from self._wait_step(s, t, q, step, W, x)
+                else:
+                    x, lag = self._latest_step(s, t, W, x)
+                    gap = max(gap, lag)
+            if self._held[s] is not None:
+                held = self._held[s]
+                held.arrival_version = held.base_version + gap  # staleness column = round gap
+                self.record(held, "applied")
+                self._held[s] = None
+            self.publish_to(s, x)
+            self.rounds_done[s] = t
+            self._completed[t] += 1
+            if self._completed[t] == len(self.servers):
+                del self._completed[t]
+                self._round_completed(t)
+                if t == self.config.rounds:
+                    self.sim.stop("rounds")
+
+    def _request_job(self, s: int) -> simpy.Event:
+        """Start peer ``s``'s next job at the end of this instant: jobs asked for at the same time
+        start in peer order, so job ids (hence training seeds) match the sync mode's."""
+        done = self.env.event()
+        if not self._to_dispatch:
+            _at_end_of_instant(self.env, self._dispatch_requested)
+        self._to_dispatch.append((s, done))
+        return done
+
+    def _dispatch_requested(self, _event: simpy.Event) -> None:
+        requests, self._to_dispatch = sorted(self._to_dispatch, key=lambda r: r[0]), []
+        for s, done in requests:
+            self._arrival[s] = done
+            self.dispatch_to(self.clients_of[s][0], self.servers[s].params, server=s, network=False)
+
+    def _in_candidates(self, i: int, step: Step) -> np.ndarray:
+        """Peers that may send to ``i`` in this step: its row of the shared W, or its graph
+        neighbours when each peer reads the topology's W at its own time."""
+        row = self.topology.W[i] if step.W is None else step.W[i]
+        return np.array([j for j in np.flatnonzero(row > 0) if j != i], dtype=int)
+
+    def _slot(self, key: tuple[int, int, int, int]) -> simpy.Event:
+        event = self._slots.get(key)
+        if event is None:
+            event = self._slots[key] = self.env.event()
+        return event
+
+    def _deliver(self, key: tuple[int, int, int, int], model: Any) -> None:
+        """A (receiver, sender, round, step) message arrived, or will not (``model`` None)."""
+        if key in self._discard:
+            self._discard.discard(key)
+            return
+        self._slot(key).succeed(model)
+
+    def _send_step(
+        self, s: int, t: int, q: int, step: Step, W: np.ndarray, x: Any, wait: bool
+    ) -> None:
+        """Send ``x`` to every out-neighbour of ``s`` in ``W``; a peer that might wait for it but
+        gets nothing (link down, or not in the column now) is told at once."""
+        if step.W is None:
+            receivers = [int(i) for i in np.flatnonzero(self.topology.W[:, s] > 0) if i != s]
+        else:
+            receivers = [int(i) for i in np.flatnonzero(W[:, s] > 0) if i != s]
+        for i in receivers:
+            key = (i, s, t, q)
+            event = self.send(s, i, x) if W[i, s] > 0 else None
+            if wait:
+                if event is None:
+                    self._deliver(key, None)
+                else:
+                    event.callbacks.append(lambda e, key=key: self._deliver(key, e.value))
+            elif event is not None:
+                event.callbacks.append(_keep_latest(self._latest[i], s, t))
+
+    def _wait_step(
+        self, i: int, t: int, q: int, step: Step, W: np.ndarray, x: Any
+    ) -> Generator[simpy.Event, Any, Any]:
+        """Wait for this step's models from the in-neighbours of row ``i`` of ``W``, then mix."""
+        wanted = [int(j) for j in np.flatnonzero(W[i] > 0) if j != i]
+        events = [self._slot((i, j, t, q)) for j in wanted]
+        if events:
+            yield self.env.all_of(events)
+        inbox = {j: e.value for j, e in zip(wanted, events, strict=True) if e.value is not None}
+        for j in wanted:
+            del self._slots[(i, j, t, q)]
+        for j in set(self._in_candidates(i, step).tolist()) - set(wanted):
+            key = (i, j, t, q)  # a link that went down since the send: that model is not used
+            event = self._slots.pop(key, None)
+            if event is None:
+                self._discard.add(key)
+        return self._mix_row(i, W, x, inbox)
+
+    def _latest_step(self, i: int, t: int, W: np.ndarray, x: Any) -> tuple[Any, int]:
+        """Mix the newest model held from each in-neighbour; returns the largest round gap."""
+        inbox, gap = {}, 0
+        for j in np.flatnonzero(W[i] > 0):
+            held = self._latest[i].get(int(j))
+            if j != i and held is not None:
+                inbox[int(j)] = held[1]
+                gap = max(gap, t - held[0])
+        return self._mix_row(i, W, x, inbox), gap
+
+    def _mix_row(self, i: int, W: np.ndarray, x: Any, inbox: dict[int, Any]) -> Any:
+        """``x_i ← Σ_j W'_ij x_j`` with ``W'`` row ``i`` of ``W`` restricted to what arrived."""
+        if not self.learning:
+            return x
+        row = received_row(W[i], i, inbox)
+        senders = [i, *sorted(inbox)]
+        stacked = torch.stack([x, *(inbox[j] for j in senders[1:])])
+        weights = torch.tensor(row[senders], dtype=torch.float64, device=stacked.device)
+        return (weights @ stacked.double()).to(stacked.dtype)
+
     # -- arrivals ---------------------------------------------------------------------------------------
     def on_arrival(self, job: Job) -> None:
+        if self.config.mode == "async":
+            self._arrived_async(job.server, job)
+            return
         self._jobs[job.server] = job
         self._one_done()
 
     def on_dropped(self, job: Job) -> None:
         self.record(job, "dropped")
+        if self.config.mode == "async":
+            self._arrived_async(job.server, None)
+            return
         self._one_done()
+
+    def _arrived_async(self, s: int, job: Job | None) -> None:
+        done, self._arrival[s] = self._arrival[s], None
+        assert done is not None
+        done.succeed(job)
 
     def _one_done(self) -> None:
         self._waiting -= 1
@@ -210,11 +420,12 @@ class DSGD(MultiServerAlgorithm):
             self._round_done.succeed()
 
     def finish(self) -> None:
-        """Local models of an open round not yet gossiped: ``buffered``."""
-        for job in self._jobs:
+        """Local models not yet gossiped (an open round, or a peer waiting): ``buffered``."""
+        for job in [*self._jobs, *self._held]:
             if job is not None:
                 self.record(job, "buffered")
         self._jobs = []
+        self._held = [None] * len(self.servers)
 
     # -- evaluation -------------------------------------------------------------------------------------
     def merged_model(self) -> torch.Tensor | None:
@@ -232,3 +443,24 @@ class DSGD(MultiServerAlgorithm):
             merged = self.merged_model()
             targets.append(EvalTarget(-1, self.round, merged, self.sim.evaluator))
         return targets
+
+
+def _keep_latest(
+    store: dict[int, tuple[int, Any]], sender: int, t: int
+) -> Callable[[simpy.Event], None]:
+    """Delivery callback of ``async_rule: latest``: keep the newest round's model per sender."""
+
+    def keep(event: simpy.Event) -> None:
+        if sender not in store or store[sender][0] <= t:
+            store[sender] = (t, event.value)
+
+    return keep
+
+
+def _at_end_of_instant(env: simpy.Environment, callback: Callable[[simpy.Event], None]) -> None:
+    """Run ``callback`` after every other event of the current simulated time."""
+    event = simpy.Event(env)
+    event._ok = True
+    event._value = None
+    event.callbacks.append(callback)
+    env.schedule(event, priority=END_OF_INSTANT)

@@ -23,12 +23,20 @@ def received_mixing(W: np.ndarray, inbox: list[dict[int, object]]) -> np.ndarray
     >>> received_mixing(np.full((2, 2), 0.5), [{1: "m"}, {}]).tolist()
     [[0.5, 0.5], [0.0, 1.0]]
     """
-    out = np.array(W, dtype=float)
-    for i, got in enumerate(inbox):
-        for j in np.flatnonzero(out[i] > 0):
-            if j != i and int(j) not in got:
-                out[i, i] += out[i, j]
-                out[i, j] = 0.0
+    return np.stack([received_row(W[i], i, got) for i, got in enumerate(inbox)])
+
+
+def received_row(row: np.ndarray, i: int, got: dict[int, object]) -> np.ndarray:
+    """Row ``i`` of :func:`received_mixing` alone (an asynchronous peer mixes by itself).
+
+    >>> received_row(np.array([0.25, 0.5, 0.25]), 1, {0: "m"}).tolist()
+    [0.25, 0.75, 0.0]
+    """
+    out = np.array(row, dtype=float)
+    for j in np.flatnonzero(out > 0):
+        if j != i and int(j) not in got:
+            out[i] += out[j]
+            out[j] = 0.0
     return out
 
 
