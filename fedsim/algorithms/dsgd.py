@@ -27,7 +27,8 @@ order from the run's streams, so both modes use the same matrices.
 then gossips. ``mode: async``: every peer loops on its own (train, send, wait, mix, publish); with
 ``async_rule: wait`` a peer's gossip step waits only for the same round's models of the in-neighbours
 of its row, so a straggler slows its neighbours, theirs one round later, and so on, but not the whole
-graph; ``async_rule: latest`` mixes the newest model held from each in-neighbour without waiting.
+graph; ``async_rule: latest`` instead asks each in-neighbour for the model it holds now (a round
+trip, never a wait for a neighbour's training).
 Merges wait in both rules (a merge averages one round's models). Evaluation: one row per peer (its
 local model) and, with ``eval_merged``, one more row with ``server = -1`` for the merged model
 ``x̄ = mean_i x_i`` (what a global merge would give now; its version is the smallest round count).
@@ -44,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 import simpy
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt
 
 from fedsim.algorithms.base import EvalTarget
 from fedsim.algorithms.gossip import RSchedule, random_r_matrix, received_mixing, received_row
@@ -95,18 +96,10 @@ class DSGDConfig(Section):
     round counts and a straggler slows only its neighbours."""
     async_rule: Literal["wait", "latest"] = "wait"
     """async only. wait: a gossip step waits for the same round's models of the in-neighbours of the
-    peer's row (equal job times give exactly the sync run); latest: mix the newest model received
-    from each in-neighbour, without waiting (gossip: mixing only; merges still wait). The job row's
-    staleness is the largest round gap to a mixed neighbour model (always 0 with wait)."""
-
-    @model_validator(mode="after")
-    def _latest_needs_a_fixed_graph(self) -> DSGDConfig:
-        if self.mode == "async" and self.async_rule == "latest" and self.gossip != "mixing":
-            raise ValueError(
-                "async_rule: latest needs gossip: mixing (random-r rows are redrawn every round, "
-                "so a peer would rarely hold a model from the neighbours it samples)"
-            )
-        return self
+    peer's row (equal job times give exactly the sync run); latest: ask each in-neighbour of the row
+    for the model it holds now and mix the replies (one link latency for the request, then the
+    model; merges still wait). The job row's staleness is the largest round gap to a mixed
+    neighbour model (always 0 with wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +144,6 @@ class DSGD(MultiServerAlgorithm):
         self._to_dispatch: list[tuple[int, simpy.Event]] = []
         self._slots: dict[tuple[int, int, int, int], simpy.Event] = {}
         self._discard: set[tuple[int, int, int, int]] = set()
-        self._latest: list[dict[int, tuple[int, torch.Tensor | None]]] = [{} for _ in range(n)]
         self._completed: Counter[int] = Counter()
 
     # -- the plan of a round ---------------------------------------------------------------------------
@@ -281,12 +273,11 @@ class DSGD(MultiServerAlgorithm):
             gap = 0
             for q, step in enumerate(self._steps(t)):
                 W = self.mixing() if step.W is None else step.W
-                wait = step.merge or rule == "wait"
-                self._send_step(s, t, q, step, W, x, wait)
-                if wait:
+                if step.merge or rule == "wait":
+                    self._send_step(s, t, q, step, W, x)
                     x = yield from self._wait_step(s, t, q, step, W, x)
                 else:
-                    x, lag = self._latest_step(s, t, W, x)
+                    x, lag = yield from self._pull_step(s, t, W, x)
                     gap = max(gap, lag)
             if self._held[s] is not None:
                 held = self._held[s]
@@ -336,9 +327,7 @@ class DSGD(MultiServerAlgorithm):
             return
         self._slot(key).succeed(model)
 
-    def _send_step(
-        self, s: int, t: int, q: int, step: Step, W: np.ndarray, x: Any, wait: bool
-    ) -> None:
+    def _send_step(self, s: int, t: int, q: int, step: Step, W: np.ndarray, x: Any) -> None:
         """Send ``x`` to every out-neighbour of ``s`` in ``W``; a peer that might wait for it but
         gets nothing (link down, or not in the column now) is told at once."""
         if step.W is None:
@@ -348,13 +337,10 @@ class DSGD(MultiServerAlgorithm):
         for i in receivers:
             key = (i, s, t, q)
             event = self.send(s, i, x) if W[i, s] > 0 else None
-            if wait:
-                if event is None:
-                    self._deliver(key, None)
-                else:
-                    event.callbacks.append(lambda e, key=key: self._deliver(key, e.value))
-            elif event is not None:
-                event.callbacks.append(_keep_latest(self._latest[i], s, t))
+            if event is None:
+                self._deliver(key, None)
+            else:
+                event.callbacks.append(lambda e, key=key: self._deliver(key, e.value))
 
     def _wait_step(
         self, i: int, t: int, q: int, step: Step, W: np.ndarray, x: Any
@@ -374,14 +360,25 @@ class DSGD(MultiServerAlgorithm):
                 self._discard.add(key)
         return self._mix_row(i, W, x, inbox)
 
-    def _latest_step(self, i: int, t: int, W: np.ndarray, x: Any) -> tuple[Any, int]:
-        """Mix the newest model held from each in-neighbour; returns the largest round gap."""
-        inbox, gap = {}, 0
-        for j in np.flatnonzero(W[i] > 0):
-            held = self._latest[i].get(int(j))
-            if j != i and held is not None:
-                inbox[int(j)] = held[1]
-                gap = max(gap, t - held[0])
+    def _pull_step(
+        self, i: int, t: int, W: np.ndarray, x: Any
+    ) -> Generator[simpy.Event, Any, tuple[Any, int]]:
+        """``async_rule: latest``: ask the in-neighbours of row ``i`` for their current models
+        (the request takes one link latency and leaves no trace row), mix the replies that arrive.
+        Returns the mixed model and the largest round gap ``t − 1 − rounds_j`` (0 if none behind)."""
+        wanted = [int(j) for j in np.flatnonzero(W[i] > 0) if j != i]
+        if not wanted:
+            return self._mix_row(i, W, x, {}), 0
+        yield self.env.timeout(self.topology.config.link.latency_s)
+        replies, gap = {}, 0
+        for j in wanted:
+            event = self.send(j, i, self.servers[j].params)
+            if event is not None:
+                replies[j] = event
+                gap = max(gap, t - 1 - self.rounds_done[j])
+        if replies:
+            yield self.env.all_of(list(replies.values()))
+        inbox = {j: e.value for j, e in replies.items()}
         return self._mix_row(i, W, x, inbox), gap
 
     def _mix_row(self, i: int, W: np.ndarray, x: Any, inbox: dict[int, Any]) -> Any:
@@ -443,18 +440,6 @@ class DSGD(MultiServerAlgorithm):
             merged = self.merged_model()
             targets.append(EvalTarget(-1, self.round, merged, self.sim.evaluator))
         return targets
-
-
-def _keep_latest(
-    store: dict[int, tuple[int, Any]], sender: int, t: int
-) -> Callable[[simpy.Event], None]:
-    """Delivery callback of ``async_rule: latest``: keep the newest round's model per sender."""
-
-    def keep(event: simpy.Event) -> None:
-        if sender not in store or store[sender][0] <= t:
-            store[sender] = (t, event.value)
-
-    return keep
 
 
 def _at_end_of_instant(env: simpy.Environment, callback: Callable[[simpy.Event], None]) -> None:
