@@ -40,7 +40,15 @@ ResultLike = Result | str | Path
 ACCEPTED = ("applied", "buffered")
 TIME_LABEL = "simulated time (s)"
 STALENESS_LABEL = "staleness (server versions behind)"
-STANDARD_FIGURES = ("accuracy", "staleness", "timeline", "contribution")
+STANDARD_FIGURES = (
+    "accuracy",
+    "loss",
+    "tasks",
+    "consensus",
+    "staleness",
+    "timeline",
+    "contribution",
+)
 """Names (and PNG file stems) of the figures :func:`standard_figures` makes."""
 
 # Names of common sweep keys on an x axis.
@@ -972,13 +980,26 @@ def label_distribution(
 
 
 def standard_figures(result: ResultLike) -> dict[str, Figure]:
-    """The figures written for every run: ``accuracy`` (left out when the run recorded no finite
-    accuracy, e.g. ``training: none``), ``staleness`` (left out when no update was accepted),
-    ``timeline`` (first 20 clients) and ``contribution`` (with the clients' speeds)."""
+    """The figures written for every run: ``accuracy`` (mean over servers or tasks; left out when
+    the run recorded no finite accuracy, e.g. ``training: none``), else ``loss`` (regression),
+    ``tasks`` (per-task accuracy of multi-task runs), ``consensus`` (consensus error of multi-server
+    runs), ``staleness`` (left out when no update was accepted), ``timeline`` (first 20 clients) and
+    ``contribution`` (with the clients' speeds)."""
     result = _as_result(result)
     figures: dict[str, Figure] = {}
     if has_metric(result, "accuracy"):
         figures["accuracy"] = accuracy_vs_time(result)
+    elif has_metric(result, "loss"):
+        figures["loss"] = accuracy_vs_time(result, metric="loss")
+    evals = result.evals
+    if "task" in evals and evals["task"].nunique() > 1:
+        from fedsim import plots_tasks
+
+        figures["tasks"] = plots_tasks.task_accuracy(result)
+    if "consensus_error" in evals and evals["consensus_error"].notna().any():
+        from fedsim import plots_network
+
+        figures["consensus"] = plots_network.consensus_error_vs_time(result)
     if _accepted(result.events).shape[0]:
         figures["staleness"] = staleness(result)
     figures["timeline"] = client_timeline(result)

@@ -159,3 +159,20 @@ def test_cli_plots_of_a_multi_server_run(small_learning, tmp_path, capsys):
     )
     assert code == 2
     assert err.count("\n") == 1 and "needs a multi-server run" in err
+
+
+def test_standard_figures_follow_the_kind_of_run(small_learning):
+    import fedsim
+    from fedsim.plots import standard_figures
+
+    multi = {**small_learning, "clients": {"compute": {"mean_s": 1.0}}}
+    multi |= {"topology": {"servers": 3}, "algorithm": {"name": "dfl", "consensus_steps": 2}}
+    names = set(standard_figures(fedsim.run(multi, save=False, stop__time_s=15)))
+    assert {"accuracy", "consensus"} <= names and "tasks" not in names
+    regression = {
+        **small_learning,
+        "data": {"dataset": "synthetic_regression", "partition": {"kind": "iid"}},
+        "model": {"kind": "linear"},
+    }
+    names = set(standard_figures(fedsim.run(regression, save=False, stop__time_s=15)))
+    assert "loss" in names and "accuracy" not in names and "consensus" not in names
