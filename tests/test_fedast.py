@@ -328,6 +328,68 @@ def test_realloc_moves_requests_to_the_more_dispersed_task_in_a_run():
     assert launched[1] > launched[0]
 
 
+def test_realloc_gives_the_harder_task_more_clients_until_the_easy_one_finishes():
+    """An easy task (IID) and a hard one (one class per client), both with targets they reach.
+
+    Realloc's history: the hard task's dispersion is larger at every reallocation, its share rises
+    above the initial 6 of 12 and stays above the easy task's, and once the easy task is finished
+    the hard one holds the whole budget. The events trace (dispatch times, independent of the
+    allocation bookkeeping) shows the shift: from the first reallocation until the easy task is
+    finished, the hard task gets most of the dispatched jobs, where a fixed allocation with the
+    same seed gives it about half.
+    """
+    syn = {"dataset": "synthetic_classification", "synthetic_classification": {"n_samples": 1500}}
+    syn["synthetic_classification"]["class_sep"] = 1.0
+    tasks = [
+        {
+            "name": "easy",
+            "data": {**syn, "partition": {"kind": "iid"}},
+            "model": MLP,
+            "target_accuracy": 0.8,
+        },
+        {
+            "name": "hard",
+            "data": {**syn, "partition": {"kind": "shards", "classes_per_client": 1}},
+            "model": MLP,
+            "target_accuracy": 0.8,
+        },
+    ]
+    algo = {
+        "name": "fedast",
+        "tasks": tasks,
+        "concurrency": 12,
+        "buffer_ratio": 2,
+        "realloc_every": 4,
+        "window": 4,
+    }
+    runs = {
+        realloc: Run(
+            scenario(
+                {**algo, "realloc": realloc}, time_s=60.0, top_level=False, clients=EXP_CLIENTS
+            )
+        )
+        for realloc in (True, False)
+    }
+    fedast = runs[True].sim.algorithm
+    easy_done, hard_done = (t.finished_at for t in fedast.tasks)
+    assert easy_done is not None and hard_done is not None and easy_done < hard_done
+    shared = [(t, d) for t, d in fedast.mean_dispersion if t < easy_done]
+    assert len(shared) >= 2 and all(hard > 2 * easy for _, (easy, hard) in shared)
+    before = [alloc for _, alloc in fedast.allocations[1:] if alloc[0] > 0]
+    assert before and all(hard > 6 and hard > easy for easy, hard in before)
+    handover = next(t for t, alloc in fedast.allocations if alloc == (0, 12))
+    assert handover == easy_done and fedast.allocations[-1][1] == (0, 12)
+
+    def hard_fraction(run: Run, start: float, end: float) -> float:
+        at = run.events["dispatched_at"]
+        return float((run.events[(at >= start) & (at < end)]["task"] == 1).mean())
+
+    fixed_easy_done = runs[False].sim.algorithm.tasks[0].finished_at
+    first_realloc = fedast.allocations[1][0]
+    assert hard_fraction(runs[False], 0.0, fixed_easy_done) == pytest.approx(0.5, abs=0.1)
+    assert hard_fraction(runs[True], first_realloc, easy_done) > 0.65
+
+
 # ---------------------------------------------------------------------------------------------------
 # Realloc arithmetic (pure functions)
 
