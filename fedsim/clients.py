@@ -96,6 +96,9 @@ class ClientPool:
         self.trainer = trainer
         self.streams = streams
         self.flip_labels: list[bool] | None = None  # per client: train on flipped labels
+        # Whether jobs keep their start model (``Job.start``) for updates Δ = w_end − w_start.
+        # Algorithms that only need w_end switch it off: a job then holds one model, not two.
+        self.keep_start = True
         self.idle: list[int] = list(range(n_clients))
         self._pick_u = BlockSampler(streams.generator("sampling.clients").random)
         self._next_job = 0
@@ -189,7 +192,8 @@ class ClientPool:
             job.comm_s = down_s + up_s
             delay = job.comm_s + compute
             if trainer is not None and params is not None:
-                job.start = params
+                if self.keep_start:
+                    job.start = params
                 seed = self.streams.sequence("training.job", job.id)
                 flip = self.flip_labels is not None and self.flip_labels[client]
                 job.handle = trainer.submit(TrainJob(job.id, client, params, seed, flip))

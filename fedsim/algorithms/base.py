@@ -149,7 +149,7 @@ class Algorithm:
         if not bool(torch.isfinite(w_end).all()):
             self.record(job, "rejected", "non_finite")
             return None
-        if not self._within_bound(w_end - job.start):
+        if self.max_norm is not None and not self._within_bound(w_end - job.start):
             self.record(job, "rejected", "norm_bound")
             return None
         return w_end

@@ -49,6 +49,9 @@ class FedAsync(Algorithm):
         size = byz.window if byz is not None else 10
         self.window: deque[tuple[Job, torch.Tensor]] = deque(maxlen=size)
         self.honest_window: deque[torch.Tensor] = deque(maxlen=size)
+        # Plain FedAsync mixes w_end in and never needs w_start: jobs need not keep it.
+        needs_start = self.robust or self.max_norm is not None or self.attack is not None
+        self.pool.keep_start = needs_start
 
     def run(self) -> Generator[simpy.Event, Any, None]:
         self.dispatch_idle(self.config.concurrency)

@@ -63,7 +63,7 @@ class BatchedHandle:
         """The client's model after local training (flat, detached)."""
         if self._result is None:
             if self._cancelled:
-                raise RuntimeError(f"job {self.job.job_id} was cancelled; it has no result")
+                raise RuntimeError("this job was cancelled; it has no result")
             self._trainer.flush()
         assert self._result is not None
         return self._result
@@ -169,6 +169,7 @@ class BatchedTrainer:
                 if len(members) <= self.sequential_max:
                     for h, _ in members:
                         h._result = self._sequential.train(h.job)
+                        h.job = None  # release the start vector (see _train_chunk)
                     continue
                 # Longest first: at every step the clients still training are a prefix.
                 members.sort(key=lambda m: -m[1])
@@ -278,8 +279,11 @@ class BatchedTrainer:
                 g = buf
             w[:k] = wk - cfg.lr * g
         # Own copies: a view would keep the whole [n, d] stack alive until its last job arrives.
+        # The handle also lets go of its TrainJob: the start vector is kept only where the
+        # algorithm asked for it (``Job.start``, for updates Δ = w_end − w_start).
         for h, w_end in zip(handles, w.unbind(0), strict=True):
             h._result = w_end.clone()
+            h.job = None
         del w, buf
         self.jobs_batched += n
         self.stacks += 1

@@ -72,13 +72,14 @@ class TrainHandle:
 
     def __init__(self, trainer: SequentialTrainer, job: TrainJob) -> None:
         self._trainer = trainer
-        self.job = job
+        self.job: TrainJob | None = job
         self._result: torch.Tensor | None = None
 
     def result(self) -> torch.Tensor:
         """The client's model after local training (flat)."""
         if self._result is None:
             self._result = self._trainer.train(self.job)
+            self.job = None  # the start vector is no longer needed here (memory: one model per job)
         return self._result
 
     def cancel(self) -> bool:
