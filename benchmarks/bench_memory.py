@@ -26,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,7 +153,9 @@ def main() -> None:
         "configuration the same work per job)",
     )
     p.add_argument("--eval-every", type=float, default=50.0, help="simulated seconds")
-    p.add_argument("--data-dir", type=Path, default=Path("/tmp/fedsim-bench-memory"))
+    p.add_argument(
+        "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedsim-bench-memory"
+    )
     p.add_argument("--only", nargs="*", default=None, help="configuration names to run")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
