@@ -95,6 +95,12 @@ def fedbuff_staleness_pmf(concurrency: int, buffer_size: int, kmax: int) -> np.n
 # Comparisons
 
 
+def report(line: str) -> None:
+    """Print a measured agreement: ``pytest -m validation -s`` lists the figures docs/validation.md
+    quotes (pytest hides the output otherwise)."""
+    print(f"[validation] {line}")
+
+
 def mean_tolerance(sd: float, n: int, z: float = Z) -> float:
     """Half-width ``z·sd/sqrt(n)`` within which a sample mean of ``n`` i.i.d. draws should fall."""
     return z * sd / math.sqrt(n)
@@ -124,6 +130,7 @@ def assert_mean_close(
         f"{what}: observed {observed:.6g}, theory {mean:.6g}, |diff| {abs(observed - mean):.3g} > "
         f"tolerance {tol:.3g} (= {z}·{sd:.4g}/sqrt({n}); z-score {score:+.2f})"
     )
+    report(f"{what}: {observed:.6g} vs {mean:.6g} (z = {score:+.2f}, n = {n})")
     return score
 
 
@@ -225,6 +232,7 @@ def assert_fits_discrete(
     assert p >= alpha, (
         f"{what}: chi-square {statistic:.1f} on {dof} dof, p = {p:.3g} < {alpha} (n={len(values)})"
     )
+    report(f"{what}: chi-square {statistic:.1f} on {dof} dof, p = {p:.3g} (n = {len(values)})")
     return p
 
 
@@ -245,4 +253,5 @@ def assert_fits_continuous(
     """Assert a KS test does not reject ``cdf`` at level ``alpha``; return the p-value."""
     p = ks_pvalue(sample, cdf)
     assert p >= alpha, f"{what}: KS p = {p:.3g} < {alpha} (n={len(sample)})"
+    report(f"{what}: KS p = {p:.3g} (n = {len(sample)})")
     return p
