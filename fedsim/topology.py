@@ -60,6 +60,13 @@ MIXING_TOL = 1e-9
 # Graph kinds
 
 
+def _non_empty_path(value: str) -> str:
+    """Validator of the ``path`` of file-based sections: an empty path is an error, not "here"."""
+    if not value.strip():
+        raise ValueError("path must not be empty")
+    return value
+
+
 class CompleteGraph(Section):
     """Every server linked to every other (one hop between any two)."""
 
@@ -139,12 +146,7 @@ class FileGraph(Section):
     """How to read the file; auto takes a servers × servers table as an adjacency matrix and
     two columns as an edge list."""
 
-    @field_validator("path")
-    @classmethod
-    def _path_given(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("path must not be empty")
-        return value
+    _path_given = field_validator("path")(_non_empty_path)
 
 
 GraphConfig = Annotated[
@@ -211,12 +213,7 @@ class FileMixing(Section):
     symmetric: bool = False
     """Also require W = Wᵀ (within 1e-9)."""
 
-    @field_validator("path")
-    @classmethod
-    def _path_given(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("path must not be empty")
-        return value
+    _path_given = field_validator("path")(_non_empty_path)
 
 
 MixingConfig = Annotated[

@@ -33,14 +33,6 @@ from fedsim.errors import ScenarioError
 class FedBuffCConfig(Section):
     """Aggregate the first c returns, then restart those c clients (every client always busy)."""
 
-    def check_scenario(self, scenario: Any) -> None:
-        if self.buffer_size > scenario.clients.count:
-            raise ScenarioError(
-                f"buffer_size ({self.buffer_size}) > clients.count ({scenario.clients.count}) "
-                "never fills the buffer",
-                path="algorithm.buffer_size",
-            )
-
     name: Literal["fedbuff_c"] = "fedbuff_c"
     """Selects this variant."""
     buffer_size: PositiveInt = 10
@@ -51,6 +43,14 @@ class FedBuffCConfig(Section):
     """Client importance p_i: share of the samples, or 1/N (used by correction: participation)."""
     correction: Literal["identical", "participation"] = "identical"
     """identical: d_i = 1/c; participation: d_i = p_i / (running fraction of aggregations i joined)."""
+
+    def check_scenario(self, scenario: Any) -> None:
+        if self.buffer_size > scenario.clients.count:
+            raise ScenarioError(
+                f"buffer_size ({self.buffer_size}) > clients.count ({scenario.clients.count}) "
+                "never fills the buffer",
+                path="algorithm.buffer_size",
+            )
 
 
 class FedBuffC(FraboniAlgorithm):

@@ -227,14 +227,17 @@ def client_offsets(
     return scale * streams.generator(name).standard_normal((n_clients, dim))
 
 
+def _enough_samples(n_samples: int, n_clients: int, path: str) -> None:
+    """A generated dataset gives every client at least one sample, or it is a one-line error."""
+    if n_samples < n_clients:
+        raise ScenarioError(
+            f"{n_samples} samples for {n_clients} clients", path=path, value=n_samples
+        )
+
+
 def _synthetic_classification(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
     cfg = config.synthetic_classification
-    if cfg.n_samples < n_clients:
-        raise ScenarioError(
-            f"{cfg.n_samples} samples for {n_clients} clients",
-            path="data.synthetic_classification.n_samples",
-            value=cfg.n_samples,
-        )
+    _enough_samples(cfg.n_samples, n_clients, "data.synthetic_classification.n_samples")
     d = cfg.n_features
     means = cfg.class_sep * streams.generator("data.synthetic.means").standard_normal(
         (cfg.n_classes, d)
@@ -258,12 +261,7 @@ def regression_w_star(cfg: SyntheticRegression, streams: SeedStreams) -> np.ndar
 
 def _synthetic_regression(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
     cfg = config.synthetic_regression
-    if cfg.n_samples < n_clients:
-        raise ScenarioError(
-            f"{cfg.n_samples} samples for {n_clients} clients",
-            path="data.synthetic_regression.n_samples",
-            value=cfg.n_samples,
-        )
+    _enough_samples(cfg.n_samples, n_clients, "data.synthetic_regression.n_samples")
     d = cfg.n_features
     w = regression_w_star(cfg, streams)
     offsets = client_offsets(streams, "data.synthetic.shift", n_clients, d, cfg.feature_shift)
