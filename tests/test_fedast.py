@@ -294,23 +294,15 @@ def test_allocations_are_conserved_and_sync_st_rounds_share_one_barrier():
         assert nxt == pytest.approx(done)
 
 
-def test_realloc_moves_requests_to_the_more_dispersed_task_in_a_run():
-    """One task with IID data, one with extreme label skew: Realloc favours the skewed one."""
+def _iid_and_one_class_tasks(data: dict, names: tuple[str, str], *, target: float) -> dict:
+    """FedAST over two tasks on ``data``: IID clients, and one class per client (larger dispersion);
+    12 requests, reallocated every 4 arrivals from a window of 4."""
+    partitions = ({"kind": "iid"}, {"kind": "shards", "classes_per_client": 1})
     tasks = [
-        {
-            "name": "iid",
-            "data": {**DIGITS, "partition": {"kind": "iid"}},
-            "model": MLP,
-            "target_accuracy": 1.0,
-        },
-        {
-            "name": "skewed",
-            "data": {**DIGITS, "partition": {"kind": "shards", "classes_per_client": 1}},
-            "model": MLP,
-            "target_accuracy": 1.0,
-        },
+        {"name": name, "data": {**data, "partition": part}, "model": MLP, "target_accuracy": target}
+        for name, part in zip(names, partitions, strict=True)
     ]
-    algo = {
+    return {
         "name": "fedast",
         "tasks": tasks,
         "concurrency": 12,
@@ -318,6 +310,11 @@ def test_realloc_moves_requests_to_the_more_dispersed_task_in_a_run():
         "realloc_every": 4,
         "window": 4,
     }
+
+
+def test_realloc_moves_requests_to_the_more_dispersed_task_in_a_run():
+    """One task with IID data, one with extreme label skew: Realloc favours the skewed one."""
+    algo = _iid_and_one_class_tasks(DIGITS, ("iid", "skewed"), target=1.0)
     run = Run(scenario(algo, time_s=25.0, top_level=False, clients=EXP_CLIENTS))
     fedast = run.sim.algorithm
     assert len(fedast.mean_dispersion) >= 3
@@ -340,28 +337,7 @@ def test_realloc_gives_the_harder_task_more_clients_until_the_easy_one_finishes(
     """
     syn = {"dataset": "synthetic_classification", "synthetic_classification": {"n_samples": 1500}}
     syn["synthetic_classification"]["class_sep"] = 1.0
-    tasks = [
-        {
-            "name": "easy",
-            "data": {**syn, "partition": {"kind": "iid"}},
-            "model": MLP,
-            "target_accuracy": 0.8,
-        },
-        {
-            "name": "hard",
-            "data": {**syn, "partition": {"kind": "shards", "classes_per_client": 1}},
-            "model": MLP,
-            "target_accuracy": 0.8,
-        },
-    ]
-    algo = {
-        "name": "fedast",
-        "tasks": tasks,
-        "concurrency": 12,
-        "buffer_ratio": 2,
-        "realloc_every": 4,
-        "window": 4,
-    }
+    algo = _iid_and_one_class_tasks(syn, ("easy", "hard"), target=0.8)
     runs = {
         realloc: Run(
             scenario(
