@@ -25,7 +25,13 @@ import torch
 
 from fedsim.learning.batched import make_trainer
 from fedsim.learning.data import DataConfig, load_federated
-from fedsim.learning.models import CNNConfig, MLPConfig, build_model, init_params
+from fedsim.learning.models import (
+    CNNConfig,
+    MLPConfig,
+    TransformerConfig,
+    build_model,
+    init_params,
+)
 from fedsim.learning.trainer import LocalTask, TrainingConfig, TrainJob
 from fedsim.rng import SeedStreams
 
@@ -35,7 +41,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--pending", type=int, nargs="+", default=[1, 10, 100, 1000], help="jobs per flush"
     )
-    p.add_argument("--models", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
+    p.add_argument(
+        "--models", nargs="+", choices=["mlp", "cnn", "transformer"], default=["mlp", "cnn"]
+    )
     p.add_argument("--backends", nargs="+", default=["sequential", "batched", "auto"])
     p.add_argument("--steps", type=int, default=10, help="local steps per job")
     p.add_argument("--batch", type=int, default=32, help="mini-batch size")
@@ -61,16 +69,23 @@ def parse_args() -> argparse.Namespace:
         default=1000,
         help="jobs per backend and pending count (caps the rounds at large pending counts)",
     )
-    p.add_argument("--max-batch", type=int, default=1024, help="BatchedTrainer chunk size")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="jobs per stack (default: chosen from the model)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
 
-def model_config(name: str, args: argparse.Namespace) -> MLPConfig | CNNConfig:
+def model_config(name: str, args: argparse.Namespace) -> MLPConfig | CNNConfig | TransformerConfig:
     if name == "cnn":
         return CNNConfig(channels=args.channels, hidden=args.hidden)
+    if name == "transformer":
+        return TransformerConfig()  # digits as 8 tokens (rows) of 8 features
     return MLPConfig(hidden=args.hidden)
 
 

@@ -91,7 +91,9 @@ class Simulation:
             self.data = load_federated(scenario.data, n_clients, self.streams, self.device)
             self.client_sizes = self.data.client_sizes
             task = LocalTask(module, self.spec, self.data, scenario.training)
-            self.trainer = make_trainer(task, scenario.training.backend)
+            self.trainer = make_trainer(
+                task, scenario.training.backend, max_batch=scenario.training.max_batch
+            )
             self.evaluator = Evaluator(module, self.spec, self.data)
             params = init_params(self.spec, self.streams.torch_generator("model.init"))
             params = params.to(self.device)

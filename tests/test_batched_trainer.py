@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsim.learning.batched import AutoTrainer, BatchedTrainer, make_trainer
+from fedsim.learning.batched import (
+    AutoTrainer,
+    BatchedTrainer,
+    activation_floats,
+    default_max_batch,
+    make_trainer,
+)
 from fedsim.learning.data import DataConfig, load_federated
 from fedsim.learning.models import ModelConfig, build_model, init_params
 from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainingConfig, TrainJob
@@ -177,6 +183,30 @@ def test_make_trainer_backends(setup):
     assert make_trainer(task, "batched", max_batch=7).max_batch == 7
     with pytest.raises(ValueError, match="unknown training backend"):
         make_trainer(task, "ray")
+
+
+def test_default_stack_size_follows_parameters_and_activations():
+    # Parameter budget alone: 256 MB / (16 B per parameter and job).
+    assert default_max_batch(10**6) == 16
+    assert default_max_batch(10) == 1024
+    # Activations: 6 MB of float32 per stack, so 100k floats per job give 15 jobs, never below 8.
+    assert default_max_batch(10, activations_per_job=100_000) == 15
+    assert default_max_batch(10, activations_per_job=10**8) == 8
+
+
+def test_activation_count_and_training_max_batch_key(setup):
+    _, data, module, spec, _ = setup  # MLP hidden 16 on digits: 64 → 16 → relu → 10
+    assert activation_floats(module, data.x_train[0], 32) == 32 * (64 + 16 + 16 + 10)
+    task = make_task(setup, batch_size=32)
+    assert make_trainer(task, "auto").max_batch == default_max_batch(
+        spec.numel, "cpu", 32 * (64 + 16 + 16 + 10)
+    )
+    from fedsim.scenario import Scenario
+
+    scenario = Scenario.model_validate({"training": {"max_batch": 5}})
+    assert scenario.training.max_batch == 5
+    with pytest.raises(ValueError, match="max_batch"):
+        Scenario.model_validate({"training": {"max_batch": 0}})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -187,7 +187,7 @@ def build_tasks(configs: list[TaskConfig], sim: Simulation, server_lr: float) ->
                     where = f"{path}.{where}" if cfg.data is not None else where
                 raise ScenarioError(exc.message, path=where, value=exc.value) from None
             local = LocalTask(module, spec, data, training)
-            trainer = make_trainer(local, training.backend)
+            trainer = make_trainer(local, training.backend, max_batch=training.max_batch)
             evaluator = Evaluator(module, spec, data)
             params = init_params(spec, streams.torch_generator("model.init")).to(sim.device)
         mask = torch.zeros(spec.numel, dtype=torch.bool)
