@@ -250,6 +250,20 @@ def test_digits_unchanged_and_shaped_for_cnns():
     assert data.x_train.shape == (1438, 64) and data.x_test.shape == (359, 64)
 
 
+def test_digits_read_from_scikit_learns_file_equal_its_loader():
+    """The loader reads scikit-learn's data file without importing scikit-learn (a second saved
+    per run); the arrays must be exactly what ``load_digits`` gives."""
+    from sklearn.datasets import load_digits
+
+    from fedsim.learning.data import _digits_file, _load_digits
+
+    assert _digits_file() is not None
+    x, y = _load_digits()
+    bunch = load_digits()
+    np.testing.assert_array_equal(x, (bunch.data / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, bunch.target)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Local files (written here, small)
 

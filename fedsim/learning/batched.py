@@ -34,10 +34,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fedsim.learning.memory import release_free_memory
 from fedsim.learning.stacked import stack_model, stacked_grads
 from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainJob
 
 BACKENDS = ("auto", "batched", "sequential")
+TRIM_MIN_JOBS = 32
+"""Flushes of at least this many jobs first return the heap's free pages to the OS (glibc)."""
 PadPolicy = Literal["exact", "pow2", "full"]
 
 
@@ -173,6 +176,10 @@ class BatchedTrainer:
         self.flushes += 1
         self.largest_flush = max(self.largest_flush, len(handles))
         started = time.perf_counter()
+        if len(handles) >= TRIM_MIN_JOBS:
+            # The results of earlier flushes have mostly been consumed: hand their freed heap
+            # pages back before this flush allocates its stacks (peak RSS, not only reuse).
+            release_free_memory()
         try:
             for members in self._groups(handles):
                 if len(members) <= self.sequential_max:
@@ -289,7 +296,7 @@ class BatchedTrainer:
             if cfg.momentum:
                 buf = g if buf is None else cfg.momentum * buf[:k] + g
                 g = buf
-            w[:k] = wk - cfg.lr * g
+            wk -= cfg.lr * g  # in place: w is this flush's own stack
         # Own copies: a view would keep the whole [n, d] stack alive until its last job arrives.
         # The handle also lets go of its TrainJob: the start vector is kept only where the
         # algorithm asked for it (``Job.start``, for updates Δ = w_end − w_start).
@@ -332,7 +339,8 @@ jobs), 1.1-1.3x faster than one stack of all pending jobs (docs/performance.md).
 
 def activation_floats(module: nn.Module, sample: torch.Tensor, batch: int) -> int:
     """Elements that the model's layers output for one mini-batch of ``batch`` samples shaped like
-    ``sample``: computed on the ``meta`` device, so nothing is allocated or run."""
+    ``sample``: counted on one sample with zero parameters on the CPU (every layer's output grows
+    linearly with the batch), which costs about a millisecond. 0 if the model cannot run that way."""
     total = 0
 
     def count(_module: nn.Module, _inputs: object, output: object) -> None:
@@ -343,17 +351,16 @@ def activation_floats(module: nn.Module, sample: torch.Tensor, batch: int) -> in
     leaves = [m for m in module.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(count) for m in leaves]
     try:
-        x = torch.empty((batch, *sample.shape), dtype=sample.dtype, device="meta")
-        params = {
-            name: torch.empty(p.shape, device="meta") for name, p in module.named_parameters()
-        }
-        functional_call(module, params, (x,))
+        x = torch.zeros((1, *sample.shape), dtype=sample.dtype)
+        params = {name: torch.zeros(p.shape) for name, p in module.named_parameters()}
+        with torch.no_grad():
+            functional_call(module, params, (x,))
     except (RuntimeError, NotImplementedError):
-        return 0  # a layer without a meta kernel: fall back to the parameter budget alone
+        return 0  # fall back to the parameter budget alone
     finally:
         for hook in hooks:
             hook.remove()
-    return total
+    return total * batch
 
 
 def default_max_batch(
