@@ -39,8 +39,9 @@ from fedsim.learning.stacked import stack_model, stacked_grads
 from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainJob
 
 BACKENDS = ("auto", "batched", "sequential")
-TRIM_MIN_JOBS = 32
-"""Flushes of at least this many jobs first return the heap's free pages to the OS (glibc)."""
+TRIM_MIN_BYTES = 32 * 2**20
+"""A flush whose results take at least this many bytes first returns the heap's free pages to the
+OS (glibc; 1-20 ms, so small flushes skip it)."""
 PadPolicy = Literal["exact", "pow2", "full"]
 
 
@@ -176,7 +177,7 @@ class BatchedTrainer:
         self.flushes += 1
         self.largest_flush = max(self.largest_flush, len(handles))
         started = time.perf_counter()
-        if len(handles) >= TRIM_MIN_JOBS:
+        if len(handles) * self.task.spec.numel * 4 >= TRIM_MIN_BYTES:
             # The results of earlier flushes have mostly been consumed: hand their freed heap
             # pages back before this flush allocates its stacks (peak RSS, not only reuse).
             release_free_memory()
