@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from fedsim.learning.batched import make_trainer
+from fedsim.learning.batched import BatchedTrainer, default_max_batch, make_trainer
 from fedsim.learning.data import DataConfig, load_federated
 from fedsim.learning.models import (
     CNNConfig,
@@ -44,7 +44,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--models", nargs="+", choices=["mlp", "cnn", "transformer"], default=["mlp", "cnn"]
     )
-    p.add_argument("--backends", nargs="+", default=["sequential", "batched", "auto"])
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["sequential", "batched", "auto"],
+        help="sequential, batched, auto, or vmap (batched without stacked execution)",
+    )
     p.add_argument("--steps", type=int, default=10, help="local steps per job")
     p.add_argument("--batch", type=int, default=32, help="mini-batch size")
     p.add_argument("--hidden", type=int, nargs="*", default=[64], help="MLP hidden widths")
@@ -106,15 +111,21 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def build_trainer(task: LocalTask, backend: str):
+        """A backend of ``make_trainer``, or ``vmap``: the batched trainer without stacked execution
+        (every model through ``vmap(grad(loss))``, stacks sized by the parameter budget alone)."""
+        if backend != "vmap":
+            return make_trainer(task, backend, max_batch=args.max_batch, pad=args.pad)
+        max_batch = args.max_batch or default_max_batch(task.spec.numel)
+        return BatchedTrainer(task, max_batch=max_batch, pad=args.pad, stacked=False)
+
     def measure(task: LocalTask, w0: torch.Tensor, n: int) -> dict[str, float]:
         """Updates/s of each backend at ``n`` pending jobs: median over interleaved rounds.
 
         Backends take turns flush by flush (in rotating order), so a load change on the machine
         hits all of them alike and the ratios stay meaningful.
         """
-        trainers = {
-            b: make_trainer(task, b, max_batch=args.max_batch, pad=args.pad) for b in args.backends
-        }
+        trainers = {b: build_trainer(task, b) for b in args.backends}
         times: dict[str, list[float]] = {b: [] for b in args.backends}
 
         def jobs(k: int) -> list[TrainJob]:

@@ -91,7 +91,7 @@ class _Norm(Section):
 
 class CNNConfig(_Norm):
     """Small CNN for images (1×28×28, 3×32×32, digits as 1×8×8): per entry of ``channels`` a
-    'same' convolution, optional GroupNorm, ReLU and 2×2 max-pooling; then fully connected layers."""
+    'same' convolution, optional GroupNorm, 2×2 max-pooling and ReLU; then fully connected layers."""
 
     kind: Literal["cnn"] = "cnn"
     """Selects this variant."""
