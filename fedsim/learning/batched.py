@@ -97,10 +97,10 @@ class BatchedTrainer:
     padding); ``pow2`` (default) sizes with the same next power of two, a bucket of fewer than
     ``min_stack`` jobs joining the next larger one; ``full`` every job (padded to ``batch_size``).
 
-    ``stacked`` (default): models made of layers that :mod:`fedsim.learning.stacked` knows (all
-    but the transformer) run as one grouped forward/backward on the stacked parameters, which is
-    faster than ``vmap`` on a CPU; ``stacked=False`` always uses ``vmap``. Both give each job the
-    gradient of its own loss.
+    ``stacked`` (default): models made of layers that :mod:`fedsim.learning.stacked` knows (every
+    model fedsim builds) run as one grouped forward/backward on the stacked parameters, which is
+    faster than ``vmap`` on a CPU; other modules, and ``stacked=False``, use ``vmap``. Both give
+    each job the gradient of its own loss.
     """
 
     def __init__(
@@ -393,7 +393,7 @@ def make_trainer(
     """
     if max_batch is None:
         x = task.data.x_train
-        acts = 0  # the activation budget was measured for stacked execution only (vmap: wider)
+        acts = 0  # the activation budget was measured for stacked execution only
         if len(x) and stack_model(task.module, task.spec) is not None:
             acts = activation_floats(task.module, x[0], task.config.batch_size)
         max_batch = default_max_batch(task.spec.numel, x.device, acts)

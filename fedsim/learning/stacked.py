@@ -9,12 +9,15 @@ module runs the same function directly on stacked parameters ``W [n, d]``:
 - convolutions as one *grouped* convolution (``groups = n``), activations ``[b, n·C, …]``, 2-D
   feature maps in channels-last;
 - linear layers as one batched matrix product (``baddbmm``), activations ``[n, b, F]``;
-- GroupNorm as one GroupNorm over ``n·G`` groups, element-wise layers as they are.
+- GroupNorm as one GroupNorm over ``n·G`` groups, LayerNorm with per-client scale and shift,
+  element-wise layers as they are;
+- the transformer's token embedding (a per-client table lookup or linear map), encoder layers
+  (attention batched over clients, samples and heads) and mean over tokens.
 
 Client ``i``'s outputs depend only on ``W[i]`` and its own samples, so the gradient of the *sum* of
 the clients' losses with respect to ``W`` is, row by row, each client's own gradient: plain
-autograd gives all ``n`` gradients, with no vmap. Models with other layers (the transformer) return
-``None`` from :func:`stack_model` and keep the vmap path.
+autograd gives all ``n`` gradients, with no vmap. Every model fedsim builds stacks; a module with
+another layer makes :func:`stack_model` return ``None``, and the batched trainer uses vmap for it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsim.learning.models import Reshape
+from fedsim.learning.models import EncoderLayer, MeanTokens, Reshape, SelfAttention, Tokens
 from fedsim.learning.params import ParamSpec
 
 ELEMENTWISE: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
@@ -85,16 +88,88 @@ def _flatten(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> No
     h.tensor = rows.reshape(rows.shape[0], rows.shape[1], -1)
 
 
-def _linear(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> None:
-    rows = h.as_rows()  # [n, b, ..., F]
+def linear_rows(
+    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Client i's linear layer on its rows: ``rows [n, ..., F]``, ``weight [n, out, F]``."""
     n, lead = rows.shape[0], rows.shape[1:-1]
     flat = rows.reshape(n, -1, rows.shape[-1])
-    weight_t = p["weight"].transpose(1, 2)  # [n, F, out]
-    if "bias" in p:
-        out = torch.baddbmm(p["bias"].unsqueeze(1), flat, weight_t)
+    weight_t = weight.transpose(1, 2)  # [n, F, out]
+    if bias is not None:
+        out = torch.baddbmm(bias.unsqueeze(1), flat, weight_t)
     else:
         out = torch.bmm(flat, weight_t)
-    h.tensor = out.reshape(n, *lead, out.shape[-1])
+    return out.reshape(n, *lead, out.shape[-1])
+
+
+def _per_client(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``param [n, *s]`` viewed to broadcast over ``like [n, ..., *s]``."""
+    extra = like.dim() - param.dim()
+    return param.reshape(param.shape[0], *([1] * extra), *param.shape[1:])
+
+
+def layer_norm_rows(
+    rows: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """Client i's LayerNorm over the last dimension of its rows."""
+    out = F.layer_norm(rows, rows.shape[-1:], None, None, eps)
+    if weight is not None:
+        out = out * _per_client(weight, out)
+    if bias is not None:
+        out = out + _per_client(bias, out)
+    return out
+
+
+def _linear(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> None:
+    h.tensor = linear_rows(h.as_rows(), p["weight"], p.get("bias"))
+
+
+def _layer_norm(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> None:
+    h.tensor = layer_norm_rows(h.as_rows(), p.get("weight"), p.get("bias"), layer.eps)
+
+
+def _tokens(layer: Tokens, h: Activations, p: dict[str, torch.Tensor]) -> None:
+    """Token vectors ``[n, b, L, d_model]`` plus each client's learned positions."""
+    x = h.as_rows()
+    n, b = x.shape[0], x.shape[1]
+    if layer.vocab:
+        table = p["embed.weight"]  # [n, V, d]
+        vocab = table.shape[1]
+        ids = x.reshape(n, b, -1) + vocab * torch.arange(n, device=x.device).view(n, 1, 1)
+        seq = table.reshape(n * vocab, -1)[ids]
+    else:
+        shape = layer.shape
+        if len(shape) == 1:
+            seq = x.reshape(n, b, shape[0], 1)
+        elif len(shape) == 2:
+            seq = x.reshape(n, b, *shape).transpose(2, 3)
+        else:
+            c, height, width = shape
+            seq = x.reshape(n, b, c, height, width).permute(0, 1, 3, 2, 4)
+            seq = seq.reshape(n, b, height, c * width)
+        seq = linear_rows(seq, p["embed.weight"], p.get("embed.bias"))
+    h.tensor = seq + _per_client(p["pos"], seq)
+
+
+def _encoder_layer(layer: EncoderLayer, h: Activations, p: dict[str, torch.Tensor]) -> None:
+    """Pre-norm self-attention and feed-forward blocks, each residual (as ``EncoderLayer``)."""
+    x = h.as_rows()  # [n, b, L, d]
+    n, b, length, width = x.shape
+    heads = layer.attn.heads
+    y = layer_norm_rows(x, p["norm1.weight"], p["norm1.bias"], layer.norm1.eps)
+    qkv = linear_rows(y, p["attn.qkv.weight"], p["attn.qkv.bias"])
+    qkv = qkv.reshape(n, b, length, 3, heads, width // heads).permute(3, 0, 1, 4, 2, 5)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # [n, b, heads, L, d_head]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(width // heads)
+    mixed = (scores.softmax(dim=-1) @ v).transpose(2, 3).reshape(n, b, length, width)
+    x = x + linear_rows(mixed, p["attn.out.weight"], p["attn.out.bias"])
+    y = layer_norm_rows(x, p["norm2.weight"], p["norm2.bias"], layer.norm2.eps)
+    y = F.gelu(linear_rows(y, p["ff.0.weight"], p["ff.0.bias"]))
+    h.tensor = x + linear_rows(y, p["ff.2.weight"], p["ff.2.bias"])
+
+
+def _mean_tokens(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> None:
+    h.tensor = h.as_rows().mean(dim=2)  # [n, b, L, d] -> [n, b, d]
 
 
 def _conv(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> None:
@@ -153,7 +228,27 @@ def _supported(layer: nn.Module) -> Apply | None:
         return _max_pool
     if type(layer) is nn.GroupNorm:
         return _group_norm
+    if type(layer) is nn.LayerNorm and len(layer.normalized_shape) == 1:
+        return _layer_norm
+    if type(layer) is Tokens:
+        return _tokens
+    if type(layer) is EncoderLayer and _is_standard_encoder(layer):
+        return _encoder_layer
+    if type(layer) is MeanTokens:
+        return _mean_tokens
     return None
+
+
+def _is_standard_encoder(layer: EncoderLayer) -> bool:
+    """The layout :func:`_encoder_layer` assumes (what ``models._transformer`` builds)."""
+    ff = layer.ff
+    return (
+        isinstance(ff, nn.Sequential)
+        and len(ff) == 3
+        and type(ff[1]) is nn.GELU
+        and ff[1].approximate == "none"
+        and type(layer.attn) is SelfAttention
+    )
 
 
 class StackedModel:
