@@ -80,7 +80,7 @@ def data_section(kind: str, cache_dir: str) -> dict:
     return data
 
 
-def scenario(kind: str, cache_dir: str, backend: str) -> dict:
+def scenario(kind: str, cache_dir: str, backend: str, **training) -> dict:
     model, _, algorithm = CASES[kind]
     return {
         "name": f"equivalence-{kind}",
@@ -89,7 +89,13 @@ def scenario(kind: str, cache_dir: str, backend: str) -> dict:
         "data": data_section(kind, cache_dir),
         "model": model,
         # Epochs, not steps: clients of different sizes train different numbers of steps.
-        "training": {"local_epochs": 0.5, "batch_size": 16, "lr": 0.05, "backend": backend},
+        "training": {
+            "local_epochs": 0.5,
+            "batch_size": 16,
+            "lr": 0.05,
+            "backend": backend,
+            **training,
+        },
         "clients": {
             "count": 30,
             "compute": {"dist": "lognormal", "mean_s": 2.0, "sigma": 0.5},
@@ -100,15 +106,22 @@ def scenario(kind: str, cache_dir: str, backend: str) -> dict:
     }
 
 
-def run(kind: str, cache_dir: str, backend: str):
-    sim = Simulation(load_scenario(scenario(kind, cache_dir, backend)), device="cpu")
+def run(kind: str, cache_dir: str, backend: str, **training):
+    sim = Simulation(load_scenario(scenario(kind, cache_dir, backend, **training)), device="cpu")
     return sim, sim.run()
 
 
-@pytest.mark.parametrize("kind", list(CASES))
-def test_whole_run_gives_the_same_evals_with_both_backends(kind, cache_dir):
-    seq_sim, sequential = run(kind, cache_dir, "sequential")
-    bat_sim, batched = run(kind, cache_dir, "batched")
+OPTIONS = {
+    "": {},
+    "-adam-with-replacement": {"optimizer": "adam", "lr": 0.005, "sampling": "with_replacement"},
+}
+RUNS = [(kind, "") for kind in CASES] + [("cnn", "-adam-with-replacement")]
+
+
+@pytest.mark.parametrize(("kind", "option"), RUNS, ids=[k + o for k, o in RUNS])
+def test_whole_run_gives_the_same_evals_with_both_backends(kind, option, cache_dir):
+    seq_sim, sequential = run(kind, cache_dir, "sequential", **OPTIONS[option])
+    bat_sim, batched = run(kind, cache_dir, "batched", **OPTIONS[option])
 
     # The runs are what they claim: one trained job by job, the other in vmapped stacks.
     assert isinstance(seq_sim.trainer, SequentialTrainer)

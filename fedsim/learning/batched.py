@@ -19,8 +19,9 @@ local steps, longest first; at step ``t`` the clients still training are then a 
 so finished clients are neither computed nor updated. Stacks hold at most ``max_batch`` jobs, to
 bound memory.
 
-The optimiser is :class:`~fedsim.learning.trainer.SequentialTrainer`'s, per job: ``g += wd * w``;
-momentum buffer ``= g`` at the first step, else ``mu * buf + g``; ``w -= lr * g``.
+The optimiser is the sequential trainer's (:class:`~fedsim.learning.optim.LocalOptimizer`, SGD or
+Adam), with a row of state per job; at step ``t`` it updates the first ``k`` rows, the jobs still
+training.
 """
 
 from __future__ import annotations
@@ -208,13 +209,12 @@ class BatchedTrainer:
         padded further, into the next larger bucket (one stack costs about as much as a few jobs).
         """
         task, batch = self.task, self.task.config.batch_size
-        sizes = task.data.client_sizes
         by_kind: dict[tuple, dict[int, list[tuple[BatchedHandle, int]]]] = defaultdict(
             lambda: defaultdict(list)
         )
         for h in handles:
             client, start = h.job.client, h.job.start
-            width = _bucket(min(batch, int(sizes[client])), batch, self.pad)
+            width = _bucket(task.batch_width(client), batch, self.pad)
             by_kind[(start.device, start.dtype)][width].append((h, task.steps_for(client)))
         groups = []
         for buckets in by_kind.values():
@@ -256,7 +256,7 @@ class BatchedTrainer:
 
     def _train_chunk(self, handles: list[BatchedHandle]) -> None:
         """Train jobs of one batch-size bucket, sorted by steps (descending), in one stack."""
-        cfg = self.task.config
+        optimizer = self.task.optimizer
         data = self.task.data
         device = handles[0].job.start.device
         schedules = [self.task.batches(h.job) for h in handles]  # [steps_i, b_i] each
@@ -278,7 +278,7 @@ class BatchedTrainer:
         # active[t] = number of jobs with more than t steps (a prefix, as steps are sorted).
         active = (steps[None, :] > np.arange(t_max)[:, None]).sum(1).tolist()
         w = torch.stack([h.job.start for h in handles]).detach()  # stack copies: starts untouched
-        buf: torch.Tensor | None = None
+        state: dict[str, torch.Tensor] = {}  # the jobs' optimiser state, a row per job
         x_all, y_all = data.x_train, data.y_train
         flip = None
         if any(h.job.flip_labels for h in handles):
@@ -292,19 +292,14 @@ class BatchedTrainer:
             if flip is not None:
                 y = torch.where(flip[:k, None], top - y, y)
             g = self._grads(wk, x_all[rows], y, padding)
-            if cfg.weight_decay:
-                g = g + cfg.weight_decay * wk
-            if cfg.momentum:
-                buf = g if buf is None else cfg.momentum * buf[:k] + g
-                g = buf
-            wk -= cfg.lr * g  # in place: w is this flush's own stack
+            optimizer.step(wk, g, state, t, k)  # in place: w is this flush's own stack
         # Own copies: a view would keep the whole [n, d] stack alive until its last job arrives.
         # The handle also lets go of its TrainJob: the start vector is kept only where the
         # algorithm asked for it (``Job.start``, for updates Δ = w_end − w_start).
         for h, w_end in zip(handles, w.unbind(0), strict=True):
             h._result = w_end.clone()
             h.job = None
-        del w, buf
+        del w, state
         self.jobs_batched += n
         self.stacks += 1
 

@@ -16,13 +16,14 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 from torch.func import functional_call
 
 from fedsim.config_base import Section
 from fedsim.learning.data import FederatedData
 from fedsim.learning.models import loss_for
+from fedsim.learning.optim import LocalOptimizer
 from fedsim.learning.params import ParamSpec
 
 
@@ -34,15 +35,25 @@ class TrainingConfig(Section):
     local_epochs: PositiveFloat | None = None
     """Passes over the client's data per job; steps = ceil(epochs * samples / batch)."""
     batch_size: PositiveInt = 32
-    """Mini-batch size (a client with fewer samples uses all of them each step)."""
+    """Mini-batch size (without replacement, a client with fewer samples uses all of them each
+    step)."""
+    sampling: Literal["without_replacement", "with_replacement"] = "without_replacement"
+    """How a job draws its mini-batches from its client's samples. without_replacement: passes over
+    shuffled data, each sample once per pass. with_replacement: every step draws batch_size samples
+    uniformly at random, so every mini-batch has batch_size samples even on a small client."""
     lr: PositiveFloat = 0.05
     """Local learning rate."""
-    optimizer: Literal["sgd"] = "sgd"
-    """Local optimizer."""
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """Local optimizer: sgd (with momentum and weight_decay) or adam (betas, eps, weight_decay).
+    Its state is per job and starts fresh at every job, as torch.optim's would for a new model."""
     momentum: float = Field(0.0, ge=0, lt=1)
-    """SGD momentum (state is per job, starting at zero)."""
+    """SGD momentum (state is per job, starting at zero). Not used by adam."""
     weight_decay: float = Field(0.0, ge=0)
-    """L2 penalty added to the gradient."""
+    """L2 penalty added to the gradient (sgd and adam)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's decay rates of the first and second moment estimates, each in [0, 1)."""
+    eps: PositiveFloat = 1e-8
+    """Adam's term added to the denominator."""
     backend: Literal["auto", "batched", "sequential"] = "auto"
     """How jobs are executed; results do not depend on it. sequential = one job at a time (the
     reference); batched = every pending job in one vmapped step; auto = batched, except the plain
@@ -50,6 +61,19 @@ class TrainingConfig(Section):
     max_batch: PositiveInt | None = None
     """Most jobs in one vectorised stack of the batched backends (bounds memory; results do not
     depend on it). null: chosen from the model's size and activations and the free memory."""
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each of betas must be in [0, 1), got {list(betas)}")
+        return betas
+
+    @model_validator(mode="after")
+    def _momentum_is_sgds(self) -> TrainingConfig:
+        if self.optimizer == "adam" and self.momentum:
+            raise ValueError("momentum applies to optimizer sgd; adam's moments are set by betas")
+        return self
 
 
 @dataclass(slots=True)
@@ -90,12 +114,17 @@ class TrainHandle:
         return self._result is None
 
 
-def batch_schedule(n_samples: int, steps: int, batch: int, rng: np.random.Generator) -> np.ndarray:
-    """Local positions ``[steps, b]`` of each step's mini-batch, ``b = min(batch, n_samples)``.
+def batch_schedule(
+    n_samples: int, steps: int, batch: int, rng: np.random.Generator, replace: bool = False
+) -> np.ndarray:
+    """Local positions ``[steps, b]`` of each step's mini-batch.
 
-    Sampling is without replacement within a pass: consecutive slices of a stream of fresh
-    permutations, so every sample is seen once per pass and every step has the same batch size.
+    Without replacement (default), ``b = min(batch, n_samples)``: consecutive slices of a stream
+    of fresh permutations, so every sample is seen once per pass and every step has the same batch
+    size. With replacement, ``b = batch``: each position drawn uniformly and independently.
     """
+    if replace:
+        return rng.integers(0, n_samples, size=(steps, batch))
     b = min(batch, n_samples)
     needed = steps * b
     passes = math.ceil(needed / n_samples)
@@ -115,6 +144,7 @@ class LocalTask:
         self.config = config
         self.loss_fn = loss_for(data.info)
         """``loss(outputs, targets, reduction)``: cross-entropy, or MSE for a regression dataset."""
+        self.optimizer = LocalOptimizer.from_config(config)
 
     def sample_losses(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample losses (the batched trainer masks padded samples with them)."""
@@ -130,13 +160,21 @@ class LocalTask:
         if self.config.local_epochs is None:
             return self.config.local_steps
         n = len(self.data.client_indices[client])
-        return math.ceil(self.config.local_epochs * n / min(self.config.batch_size, n))
+        return math.ceil(self.config.local_epochs * n / self.batch_width(client))
+
+    def batch_width(self, client: int) -> int:
+        """Samples in each of the client's mini-batches."""
+        if self.config.sampling == "with_replacement":
+            return self.config.batch_size
+        return min(self.config.batch_size, len(self.data.client_indices[client]))
 
     def batches(self, job: TrainJob) -> np.ndarray:
         """Global row indices ``[steps, b]`` of the job's mini-batches, from the job's own seed."""
         rows = self.data.client_indices[job.client]
         rng = np.random.Generator(np.random.PCG64(job.seed))
-        local = batch_schedule(len(rows), self.steps_for(job.client), self.config.batch_size, rng)
+        replace = self.config.sampling == "with_replacement"
+        steps = self.steps_for(job.client)
+        local = batch_schedule(len(rows), steps, self.config.batch_size, rng, replace)
         return rows[local]
 
 
@@ -160,22 +198,17 @@ class SequentialTrainer:
 
     def train(self, job: TrainJob) -> torch.Tensor:
         started = time.perf_counter()
-        task, cfg = self.task, self.task.config
+        task = self.task
         device = job.start.device
         batches = torch.as_tensor(task.batches(job), device=device)
         w = job.start.clone()
-        momentum_buf = None
-        for rows in batches:
+        state: dict[str, torch.Tensor] = {}
+        for t, rows in enumerate(batches):
             y = task.data.y_train[rows]
             if job.flip_labels:
                 y = (task.data.info.n_classes - 1) - y
             g = self._grad(w, task.data.x_train[rows], y)
-            if cfg.weight_decay:
-                g = g + cfg.weight_decay * w
-            if cfg.momentum:
-                momentum_buf = g if momentum_buf is None else cfg.momentum * momentum_buf + g
-                g = momentum_buf
-            w = w - cfg.lr * g
+            task.optimizer.step(w, g, state, t)
         self.jobs_trained += 1
         self.train_seconds += time.perf_counter() - started
         return w.detach()
