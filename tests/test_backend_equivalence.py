@@ -185,3 +185,16 @@ def test_twenty_jobs_give_the_same_parameters(kind, cache_dir):
     for g, w, job in zip(got, want, jobs, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=TOL)
         assert not torch.allclose(g, job.start)  # the job trained
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", list(CASES))
+def test_cpu_and_gpu_give_the_same_evals(kind, cache_dir):
+    """The same scenario on the CPU and on a CUDA device: the same events, evals within 1e-4."""
+    cpu = Simulation(load_scenario(scenario(kind, cache_dir, "auto")), device="cpu").run()
+    gpu_sim = Simulation(load_scenario(scenario(kind, cache_dir, "auto")), device="cuda")
+    assert gpu_sim.data.x_train.device.type == "cuda"
+    gpu = gpu_sim.run()
+    pd.testing.assert_frame_equal(gpu.events, cpu.events, check_exact=True)
+    np.testing.assert_allclose(gpu.evals["loss"], cpu.evals["loss"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gpu.evals["accuracy"], cpu.evals["accuracy"], rtol=0, atol=1e-4)
