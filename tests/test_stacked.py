@@ -55,3 +55,17 @@ def test_models_with_other_layers_keep_the_vmap_path():
     dilated_groups = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2))
     assert stack_model(dilated_groups, ParamSpec.from_module(dilated_groups)) is None
     assert stack_model(nn.Linear(2, 2), ParamSpec.from_module(nn.Linear(2, 2))) is None
+
+
+def test_all_finite_is_exact_including_overflowing_sums():
+    from fedsim.learning.params import all_finite
+
+    assert all_finite(torch.zeros(5)) and all_finite(torch.empty(0))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = torch.ones(1000)
+        x[637] = bad
+        assert not all_finite(x)
+    both = torch.tensor([float("inf"), float("-inf")])  # sum NaN
+    assert not all_finite(both)
+    huge = torch.full((4,), 3e38)  # finite elements whose float32 sum overflows to inf
+    assert torch.isinf(huge.sum()) and all_finite(huge)

@@ -15,6 +15,7 @@ import simpy
 import torch
 
 from fedsim.clients import ClientPool, Job
+from fedsim.learning.params import all_finite
 from fedsim.robust.aggregators import CoordinateMedianConfig, aggregate, screen_updates
 from fedsim.robust.attacks import client_attack, server_attack
 
@@ -146,7 +147,7 @@ class Algorithm:
         job.handle = None
         if self.client_attack and self.sim.byzantine_list[job.client]:
             w_end = job.start + self._attacked(job, w_end - job.start)
-        if not bool(torch.isfinite(w_end).all()):
+        if not all_finite(w_end):
             self.record(job, "rejected", "non_finite")
             return None
         if self.max_norm is not None and not self._within_bound(w_end - job.start):
@@ -164,13 +165,13 @@ class Algorithm:
             return _EMPTY
         w_end = job.handle.result()
         job.handle = None
-        if not bool(torch.isfinite(w_end).all()):
+        if not all_finite(w_end):
             self.record(job, "rejected", "non_finite")
             return None
         delta = w_end - job.start
         if self.client_attack and self.sim.byzantine_list[job.client]:
             delta = self._attacked(job, delta)
-            if not bool(torch.isfinite(delta).all()):
+            if not all_finite(delta):
                 self.record(job, "rejected", "non_finite")
                 return None
         if not self._within_bound(delta):
@@ -213,7 +214,7 @@ class Algorithm:
 
     def publish(self, params: torch.Tensor | None) -> None:
         """Install a new global model (``None`` in timing-only runs: only the version moves)."""
-        if params is not None and not bool(torch.isfinite(params).all()):
+        if params is not None and not all_finite(params):
             # Finite updates can still overflow when combined; never let that reach the model.
             self.sim.note_rejected_model()
             return

@@ -25,6 +25,7 @@ import torch
 from fedsim.algorithms.base import Algorithm
 from fedsim.clients import Job
 from fedsim.errors import ScenarioError
+from fedsim.learning.params import all_finite
 from fedsim.topology import Topology
 
 
@@ -164,7 +165,7 @@ class MultiServerAlgorithm(Algorithm):
 
     def publish_to(self, server: int, params: torch.Tensor | None) -> None:
         """Install a new model at ``server`` (non-finite models are refused, as in :meth:`publish`)."""
-        if params is not None and not bool(torch.isfinite(params).all()):
+        if params is not None and not all_finite(params):
             self.sim.note_rejected_model()
             return
         self.servers[server].publish(params)

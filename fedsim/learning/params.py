@@ -49,3 +49,17 @@ class ParamSpec:
     def nbytes(self, dtype: torch.dtype = torch.float32) -> int:
         """Bytes of one model transfer."""
         return self.numel * torch.empty((), dtype=dtype).element_size()
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """True when no element of ``x`` is NaN or ±inf.
+
+    Fast path: a NaN or an infinity makes the sum non-finite, so a finite sum proves the tensor
+    finite with one reduction and no boolean temporary (the check runs on every arriving update).
+    A non-finite sum can also be an overflow of finite values; the exact elementwise test decides.
+    """
+    if x.numel() == 0:
+        return True
+    if math.isfinite(float(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
