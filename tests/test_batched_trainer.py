@@ -13,6 +13,7 @@ from fedsim.learning.batched import (
     make_trainer,
 )
 from fedsim.learning.data import DataConfig, load_federated
+from fedsim.learning.memory import available_memory_bytes
 from fedsim.learning.models import ModelConfig, build_model, init_params
 from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainingConfig, TrainJob
 from fedsim.rng import SeedStreams
@@ -202,6 +203,19 @@ def test_default_stack_size_follows_parameters_and_activations():
     # Activations: 6 MB of float32 per stack, so 100k floats per job give 15 jobs, never below 8.
     assert default_max_batch(10, activations_per_job=100_000) == 15
     assert default_max_batch(10, activations_per_job=10**8) == 8
+
+
+def test_default_stack_size_shrinks_with_little_free_memory(monkeypatch):
+    import fedsim.learning.batched as batched
+
+    assert available_memory_bytes() > 0
+    monkeypatch.setattr(batched, "available_memory_bytes", lambda: 64 * 2**20)
+    # A quarter of 64 MB for four float32 stacks of 100k parameters: 10 jobs, not 167.
+    assert default_max_batch(100_000) == 10
+    monkeypatch.setattr(
+        batched, "available_memory_bytes", lambda: None
+    )  # unknown: the fixed budget
+    assert default_max_batch(100_000) == 167
 
 
 def test_activation_count_and_training_max_batch_key(setup):

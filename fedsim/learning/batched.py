@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedsim.learning.memory import release_free_memory
+from fedsim.learning.memory import available_memory_bytes, release_free_memory
 from fedsim.learning.stacked import stack_model, stacked_grads
 from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainJob
 
@@ -364,15 +364,20 @@ def default_max_batch(
 ) -> int:
     """Jobs per vectorised stack.
 
-    On a CPU, ~4 ``[n, d]`` float32 stacks must fit :data:`STACK_BUDGET_CPU` and the stack's
-    forward activations (``activations_per_job`` floats each) :data:`ACTIVATION_BUDGET_CPU`; on a
-    GPU, which wants wide stacks, a quarter of the free memory bounds the parameter stacks. The
-    result is clamped to [8, 1024] (batching gains level off well before 1024 jobs).
+    On a CPU, ~4 ``[n, d]`` float32 stacks must fit :data:`STACK_BUDGET_CPU`, or a quarter of the
+    available memory if that is less, and the stack's forward activations (``activations_per_job``
+    floats each) :data:`ACTIVATION_BUDGET_CPU`; on a GPU, which wants wide stacks, a quarter of the
+    free memory bounds the parameter stacks. The result is clamped to [8, 1024] (batching gains
+    level off well before 1024 jobs).
     """
     if torch.device(device).type == "cuda":
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(min(1024, max(8, free // 4 // (16 * max(numel, 1)))))
-    jobs = STACK_BUDGET_CPU // (16 * max(numel, 1))
+    budget = STACK_BUDGET_CPU
+    available = available_memory_bytes()
+    if available is not None:
+        budget = min(budget, available // 4)
+    jobs = budget // (16 * max(numel, 1))
     if activations_per_job:
         jobs = min(jobs, ACTIVATION_BUDGET_CPU // (4 * activations_per_job))
     return int(min(1024, max(8, jobs)))

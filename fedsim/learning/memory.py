@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 
 
 @cache
@@ -32,3 +34,18 @@ def release_free_memory() -> bool:
     """Give the heap's free pages back to the OS (glibc); True if anything was released."""
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS can give this process now without swapping (``MemAvailable`` on Linux, else
+    free physical pages); None where neither is known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
