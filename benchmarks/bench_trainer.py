@@ -48,7 +48,8 @@ def parse_args() -> argparse.Namespace:
         "--backends",
         nargs="+",
         default=["sequential", "batched", "auto"],
-        help="sequential, batched, auto, or vmap (batched without stacked execution)",
+        help="sequential, batched, auto, vmap (batched without stacked execution) or serial "
+        "(batched, one stack at a time even with several threads)",
     )
     p.add_argument("--steps", type=int, default=10, help="local steps per job")
     p.add_argument("--batch", type=int, default=32, help="mini-batch size")
@@ -114,6 +115,10 @@ def main() -> None:
     def build_trainer(task: LocalTask, backend: str):
         """A backend of ``make_trainer``, or ``vmap``: the batched trainer without stacked execution
         (every model through ``vmap(grad(loss))``, stacks sized by the parameter budget alone)."""
+        if backend == "serial":
+            trainer = make_trainer(task, "batched", max_batch=args.max_batch, pad=args.pad)
+            trainer.parallel_stacks = False
+            return trainer
         if backend != "vmap":
             return make_trainer(task, backend, max_batch=args.max_batch, pad=args.pad)
         max_batch = args.max_batch or default_max_batch(task.spec.numel)

@@ -154,6 +154,32 @@ def test_result_does_not_depend_on_grouping(setup):
     assert_close(in_two, all_at_once)
 
 
+def test_stacks_side_by_side_on_several_threads_give_the_same_results(setup, monkeypatch):
+    import fedsim.learning.batched as batched
+
+    task = make_task(setup, **CONFIGS["momentum_wd"])
+    jobs = make_jobs(setup)
+    want = sequential_results(task, jobs)
+    torch.set_num_threads(2)  # the module fixture restores one thread for the other tests
+    try:
+        # This tiny MLP's stacks carry too little work to gain from threads: one at a time.
+        small = BatchedTrainer(task, max_batch=4)
+        got_small = [h.result() for h in [small.submit(job) for job in jobs]]
+        assert small.most_workers == 1 and small.activations_per_job == 16 * (64 + 16 + 16 + 10)
+        monkeypatch.setattr(batched, "PARALLEL_MIN_FLOATS", 0)
+        trainer = BatchedTrainer(task, max_batch=4)
+        got = [h.result() for h in [trainer.submit(job) for job in jobs]]
+        assert torch.get_num_threads() == 2  # one thread per worker during the flush only
+    finally:
+        torch.set_num_threads(1)
+    assert trainer.most_workers == 2 and trainer.stacks >= 4
+    assert_close(got, want)
+    assert_close(got_small, got)
+    serial = BatchedTrainer(task, max_batch=4, parallel_stacks=False)
+    assert_close([h.result() for h in [serial.submit(job) for job in jobs]], got)
+    assert serial.most_workers == 1
+
+
 def test_cancel_removes_pending_job(setup):
     task = make_task(setup, **CONFIGS["steps"])
     jobs = make_jobs(setup, n=4)

@@ -26,8 +26,10 @@ training.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -40,10 +42,25 @@ from fedsim.learning.stacked import stack_model, stacked_grads
 from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainJob
 
 BACKENDS = ("auto", "batched", "sequential")
+PARALLEL_MIN_FLOATS = 600_000
+"""Forward activations per step that a stack needs before stacks run side by side on several
+threads: the digits CNN gains from 8 jobs per stack (670k floats), the MLP loses up to 50 jobs
+(320k floats) and breaks even at 150 (970k)."""
+
 TRIM_MIN_BYTES = 32 * 2**20
 """A flush whose results take at least this many bytes first returns the heap's free pages to the
 OS (glibc; 1-20 ms, so small flushes skip it)."""
 PadPolicy = Literal["exact", "pow2", "full"]
+
+
+def _cut(jobs: list, max_batch: int, workers: int) -> list[list]:
+    """Consecutive stacks of at most ``max_batch`` jobs, of equal sizes (±1), as many as a
+    multiple of ``workers`` where there are at least that many jobs."""
+    stacks = math.ceil(len(jobs) / max_batch)
+    if workers > 1 and len(jobs) >= workers:
+        stacks = math.ceil(stacks / workers) * workers
+    size = math.ceil(len(jobs) / stacks)
+    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
 def _bucket(b: int, batch_size: int, pad: PadPolicy) -> int:
@@ -89,10 +106,11 @@ class BatchedTrainer:
     """Trains all pending jobs together with ``vmap(grad(loss))`` over stacked flat parameters.
 
     ``max_batch`` bounds how many jobs share one vectorised step (memory is about
-    ``max_batch * (3 d + b * activations)`` floats). Whenever at most ``sequential_max`` clients are
-    training, their gradients come from plain per-client autograd instead (for one or two clients
-    that is faster than ``vmap``); a whole group of at most ``sequential_max`` jobs is trained by
-    :class:`SequentialTrainer` itself. ``sequential_max=0`` always uses ``vmap``.
+    ``max_batch * (3 d + b * activations)`` floats). A whole group of at most ``sequential_max``
+    jobs is trained by :class:`SequentialTrainer` itself; on the vmap path, whenever at most
+    ``sequential_max`` clients of a stack are still training, their gradients come from plain
+    per-client autograd (for one or two clients that is faster than ``vmap``; stacked execution
+    needs no such switch).
 
     ``pad`` says which jobs share a stack: ``exact`` only jobs with equal mini-batch size (no
     padding); ``pow2`` (default) sizes with the same next power of two, a bucket of fewer than
@@ -112,6 +130,7 @@ class BatchedTrainer:
         pad: PadPolicy = "pow2",
         min_stack: int = 16,
         stacked: bool = True,
+        parallel_stacks: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -126,6 +145,9 @@ class BatchedTrainer:
         self._vgrad = vmap(grad(task.loss))
         self._vgrad_masked = vmap(grad(self._weighted_loss))
         self._stacked = stack_model(task.module, task.spec) if stacked else None
+        self.parallel_stacks = parallel_stacks
+        self.activations_per_job = _activations_per_job(task) if self._stacked is not None else 0
+        """Forward activations (floats) of one job's step: decides when stacks run side by side."""
         self._pending: dict[BatchedHandle, None] = {}  # insertion-ordered set
         self.jobs_batched = 0
         """Jobs trained with vmapped steps."""
@@ -137,6 +159,8 @@ class BatchedTrainer:
         """Stacks trained with vmapped steps (one per batch-size bucket and chunk of a flush)."""
         self.train_seconds = 0.0
         """Real time spent training (for the overhead split)."""
+        self.most_workers = 1
+        """Most stacks trained side by side in one flush (CPU, several torch threads)."""
 
     @property
     def jobs_trained(self) -> int:
@@ -183,6 +207,7 @@ class BatchedTrainer:
             # pages back before this flush allocates its stacks (peak RSS, not only reuse).
             release_free_memory()
         try:
+            stacked_groups = []
             for members in self._groups(handles):
                 if len(members) <= self.sequential_max:
                     for h, _ in members:
@@ -191,8 +216,8 @@ class BatchedTrainer:
                     continue
                 # Longest first: at every step the clients still training are a prefix.
                 members.sort(key=lambda m: -m[1])
-                for i in range(0, len(members), self.max_batch):
-                    self._train_chunk([h for h, _ in members[i : i + self.max_batch]])
+                stacked_groups.append([h for h, _ in members])
+            self._train_chunks(*self._plan(stacked_groups))
         except BaseException:
             # Keep what was not trained pending, so a later result() can try again.
             for h in handles:
@@ -201,6 +226,53 @@ class BatchedTrainer:
             raise
         finally:
             self.train_seconds += time.perf_counter() - started
+
+    def _workers(self, device: torch.device) -> int:
+        """Stacks trained side by side: one per torch thread on a CPU with stacked execution, else
+        one (vmap goes through ``functional_call``, which is not thread-safe on a shared module)."""
+        if not self.parallel_stacks or self._stacked is None or device.type != "cpu":
+            return 1
+        return torch.get_num_threads()
+
+    def _plan(self, groups: list[list[BatchedHandle]]) -> tuple[list[list[BatchedHandle]], int]:
+        """The stacks of this flush and how many train side by side.
+
+        Stacks hold at most ``max_batch`` jobs. With several workers, each group is cut into equal
+        stacks whose number is a multiple of the workers (so none idles), but only if a stack
+        still carries enough work: below :data:`PARALLEL_MIN_FLOATS` of activations per step, the
+        Python side of each operation (which holds the GIL) dominates, and one stack at a time
+        on all threads is faster (measured: digits MLP, 2 threads, docs/performance.md).
+        """
+        workers = self._workers(groups[0][0].job.start.device) if groups else 1
+        if workers > 1:
+            chunks = [c for g in groups for c in _cut(g, self.max_batch, workers)]
+            mean_jobs = sum(map(len, chunks)) / len(chunks)
+            if mean_jobs * self.activations_per_job >= PARALLEL_MIN_FLOATS and len(chunks) > 1:
+                return chunks, min(workers, len(chunks))
+        return [c for g in groups for c in _cut(g, self.max_batch, 1)], 1
+
+    def _train_chunks(self, chunks: list[list[BatchedHandle]], workers: int) -> None:
+        """Train the stacks, ``workers`` of them side by side.
+
+        Small stacks use a core poorly through intra-op threads, so with ``T`` threads, ``T``
+        workers each train whole stacks on one thread (torch releases the GIL inside its
+        kernels). A stack's result does not depend on where it ran.
+        """
+        threads = torch.get_num_threads()
+        if workers <= 1:
+            for chunk in chunks:
+                self._train_chunk(chunk)
+        else:
+            self.most_workers = max(self.most_workers, workers)
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    for _ in pool.map(self._train_chunk, chunks):
+                        pass
+            finally:
+                torch.set_num_threads(threads)
+        self.jobs_batched += sum(len(chunk) for chunk in chunks)
+        self.stacks += len(chunks)
 
     def _groups(self, handles: list[BatchedHandle]) -> list[list[tuple[BatchedHandle, int]]]:
         """Jobs that share a stack, each with its number of local steps.
@@ -241,15 +313,17 @@ class BatchedTrainer:
         first ``b[i]`` of its ``x[i]``) and the weights ``[n, width]`` of :meth:`_weighted_loss`.
         """
         k = len(w)
+        if self._stacked is not None:
+            # Even for one or two clients: as fast as a plain loop, and thread-safe (no
+            # functional_call, which swaps the shared module's parameters while it runs).
+            weight = None if padding is None else padding[1][:k]
+            return stacked_grads(self._stacked, self.task.loss_fn, w, x, y, weight)
         if k <= self.sequential_max:
             grad_of = self._sequential._grad
             if padding is None:
                 return torch.stack([grad_of(w[i], x[i], y[i]) for i in range(k)])
             b = padding[0]
             return torch.stack([grad_of(w[i], x[i, : b[i]], y[i, : b[i]]) for i in range(k)])
-        if self._stacked is not None:
-            weight = None if padding is None else padding[1][:k]
-            return stacked_grads(self._stacked, self.task.loss_fn, w, x, y, weight)
         if padding is None:
             return self._vgrad(w, x, y)
         return self._vgrad_masked(w, x, y, padding[1][:k])
@@ -300,8 +374,6 @@ class BatchedTrainer:
             h._result = w_end.clone()
             h.job = None
         del w, state
-        self.jobs_batched += n
-        self.stacks += 1
 
 
 class AutoTrainer(BatchedTrainer):
@@ -359,6 +431,11 @@ def activation_floats(module: nn.Module, sample: torch.Tensor, batch: int) -> in
     return total * batch
 
 
+def _activations_per_job(task: LocalTask) -> int:
+    x = task.data.x_train
+    return activation_floats(task.module, x[0], task.config.batch_size) if len(x) else 0
+
+
 def default_max_batch(
     numel: int, device: torch.device | str = "cpu", activations_per_job: int = 0
 ) -> int:
@@ -392,11 +469,10 @@ def make_trainer(
     (:func:`default_max_batch`).
     """
     if max_batch is None:
-        x = task.data.x_train
         acts = 0  # the activation budget was measured for stacked execution only
-        if len(x) and stack_model(task.module, task.spec) is not None:
-            acts = activation_floats(task.module, x[0], task.config.batch_size)
-        max_batch = default_max_batch(task.spec.numel, x.device, acts)
+        if stack_model(task.module, task.spec) is not None:
+            acts = _activations_per_job(task)
+        max_batch = default_max_batch(task.spec.numel, task.data.x_train.device, acts)
     if backend == "sequential":
         return SequentialTrainer(task)
     if backend == "batched":
