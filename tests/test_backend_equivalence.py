@@ -198,3 +198,19 @@ def test_cpu_and_gpu_give_the_same_evals(kind, cache_dir):
     pd.testing.assert_frame_equal(gpu.events, cpu.events, check_exact=True)
     np.testing.assert_allclose(gpu.evals["loss"], cpu.evals["loss"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gpu.evals["accuracy"], cpu.evals["accuracy"], rtol=0, atol=1e-4)
+
+
+def test_whole_run_with_stacks_side_by_side_gives_the_same_evals(cache_dir, monkeypatch):
+    """Two torch threads and every stack eligible: stacks train in parallel workers, same evals."""
+    import fedsim.learning.batched as batched
+
+    monkeypatch.setattr(batched, "PARALLEL_MIN_FLOATS", 0)
+    _, sequential = run("cnn", cache_dir, "sequential")
+    torch.set_num_threads(2)  # the module fixture restores one thread afterwards
+    try:
+        sim, parallel = run("cnn", cache_dir, "batched", max_batch=2)
+    finally:
+        torch.set_num_threads(1)
+    assert sim.trainer.most_workers == 2
+    pd.testing.assert_frame_equal(parallel.events, sequential.events, check_exact=True)
+    np.testing.assert_allclose(parallel.evals["loss"], sequential.evals["loss"], rtol=TOL, atol=TOL)
