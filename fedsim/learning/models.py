@@ -1,11 +1,11 @@
 """Model builders, registered by name, and seeded initialisation without global RNG state.
 
 Modules are built on the ``meta`` device (no memory, no RNG draws) and only ever used through
-``functional_call`` with a flat parameter vector (or, stacked, by :mod:`fedsim.learning.stacked`), so
-one module object serves every client. A model
-must be a pure function of its parameters: no buffers (BatchNorm's running statistics), no layer that
-couples the samples of a mini-batch, no dropout; then one gradient pass over stacked flat
-parameters trains many clients at once and padded mini-batches stay exact.
+``functional_call`` with a flat parameter vector (or, stacked, by :mod:`fedsim.learning.stacked`),
+so one module object serves every client. A model must be a pure function of its parameters: no
+buffers (BatchNorm's running statistics), no layer that couples the samples of a mini-batch, no
+dropout; then one gradient pass over stacked flat parameters trains many clients at once and
+padded mini-batches stay exact.
 
 Every model takes samples of any layout with the dataset's ``input_shape`` number of elements and
 reshapes them itself, so a dataset may store samples flat or shaped.
