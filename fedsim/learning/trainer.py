@@ -57,7 +57,7 @@ class TrainingConfig(Section):
     backend: Literal["auto", "batched", "sequential"] = "auto"
     """How jobs are executed; results do not depend on it. sequential = one job at a time (the
     reference); batched = every pending job in stacks trained with one vectorised step each; auto =
-    batched, except the plain loop when only one or two jobs are pending."""
+    batched when more than one job is pending, the plain loop for a single job."""
     max_batch: PositiveInt | None = None
     """Most jobs in one vectorised stack of the batched backends (bounds memory; results do not
     depend on it). null: chosen from the model's size and activations and the free memory."""
