@@ -81,6 +81,9 @@ def test_strict_build_has_the_key_pages(site):
     assert 'id="fedsim.simulation.run"' in api and 'id="fedsim.simulation.Result"' in api
     plots_api = (site / "api" / "plots" / "index.html").read_text(encoding="utf-8")
     assert 'id="fedsim.plots.accuracy_vs_time"' in plots_api
+    training_api = (site / "api" / "training" / "index.html").read_text(encoding="utf-8")
+    assert 'id="fedsim.learning.stacked.stack_model"' in training_api
+    assert 'id="fedsim.learning.optim.LocalOptimizer"' in training_api
     # The generated scenario reference is included as it is.
     reference = (site / "scenario-reference" / "index.html").read_text(encoding="utf-8")
     assert "clients.compute.mean_s" in reference
