@@ -55,6 +55,20 @@ def test_models_with_other_layers_keep_the_vmap_path():
     dilated_groups = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2))
     assert stack_model(dilated_groups, ParamSpec.from_module(dilated_groups)) is None
     assert stack_model(nn.Linear(2, 2), ParamSpec.from_module(nn.Linear(2, 2))) is None
+    in_place = nn.Sequential(nn.Linear(4, 3), nn.ReLU(inplace=True))
+    assert stack_model(in_place, ParamSpec.from_module(in_place)) is None
+
+
+def test_elementwise_layers_keep_their_settings():
+    """A GELU with the tanh approximation stacks as that GELU, not the default one."""
+    module = nn.Sequential(nn.Linear(4, 5), nn.GELU(approximate="tanh"), nn.Linear(5, 2))
+    spec = ParamSpec.from_module(module)
+    stacked = torch.randn(3, spec.numel)
+    x = torch.randn(3, 6, 4)
+    got = stack_model(module, spec)(stacked, x)
+    for i in range(3):
+        want = torch.func.functional_call(module, spec.views(stacked[i]), (x[i],))
+        torch.testing.assert_close(got[i], want)
 
 
 def test_all_finite_is_exact_including_overflowing_sums():

@@ -32,14 +32,8 @@ from torch.nn import functional as F
 from fedsim.learning.models import EncoderLayer, MeanTokens, Reshape, SelfAttention, Tokens
 from fedsim.learning.params import ParamSpec
 
-ELEMENTWISE: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
-    nn.ReLU: F.relu,
-    nn.GELU: F.gelu,
-    nn.Tanh: torch.tanh,
-    nn.Sigmoid: torch.sigmoid,
-    nn.Identity: lambda h: h,
-}
-"""Layers that act on each element alone: any layout will do."""
+ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Identity)
+"""Parameter-free layers that act on each element alone: the layer itself runs on any layout."""
 
 
 Apply = Callable[[nn.Module, "Activations", dict[str, torch.Tensor]], None]
@@ -76,6 +70,10 @@ class Activations:
                 h = h.contiguous(memory_format=torch.channels_last)
             self.tensor, self.grouped = h, True
         return self.tensor
+
+
+def _elementwise(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> None:
+    h.tensor = layer(h.tensor)
 
 
 def _reshape(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> None:
@@ -203,13 +201,8 @@ def _group_norm(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) ->
 
 
 def _supported(layer: nn.Module) -> Apply | None:
-    if type(layer) in ELEMENTWISE:
-        f = ELEMENTWISE[type(layer)]
-
-        def apply(layer: nn.Module, h: Activations, p: dict[str, torch.Tensor]) -> None:
-            h.tensor = f(h.tensor)
-
-        return apply
+    if type(layer) in ELEMENTWISE and not getattr(layer, "inplace", False):
+        return _elementwise
     if isinstance(layer, Reshape):
         return _reshape
     if type(layer) is nn.Flatten and layer.start_dim == 1 and layer.end_dim == -1:
