@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from fedsim.learning.batched import BatchedTrainer, default_max_batch, make_trainer
+from fedsim.learning.batched import BatchedTrainer, make_trainer
 from fedsim.learning.data import DataConfig, load_federated
 from fedsim.learning.models import (
     CNNConfig,
@@ -48,8 +48,9 @@ def parse_args() -> argparse.Namespace:
         "--backends",
         nargs="+",
         default=["sequential", "batched", "auto"],
-        help="sequential, batched, auto, vmap (batched without stacked execution) or serial "
-        "(batched, one stack at a time even with several threads)",
+        help="sequential, batched, auto, vmap (batched without stacked execution), serial "
+        "(batched, one stack at a time even with several threads) or parallel (batched, stacks "
+        "side by side whatever their size)",
     )
     p.add_argument("--steps", type=int, default=10, help="local steps per job")
     p.add_argument("--batch", type=int, default=32, help="mini-batch size")
@@ -113,16 +114,20 @@ def main() -> None:
             torch.cuda.synchronize(device)
 
     def build_trainer(task: LocalTask, backend: str):
-        """A backend of ``make_trainer``, or ``vmap``: the batched trainer without stacked execution
-        (every model through ``vmap(grad(loss))``, stacks sized by the parameter budget alone)."""
-        if backend == "serial":
-            trainer = make_trainer(task, "batched", max_batch=args.max_batch, pad=args.pad)
-            trainer.parallel_stacks = False
-            return trainer
-        if backend != "vmap":
+        """A backend of ``make_trainer``, or a variant of ``batched``: ``vmap`` (no stacked
+        execution: every model through ``vmap(grad(loss))``, stacks sized by the parameter budget
+        alone), ``serial`` (stacks one at a time even on several threads) or ``parallel`` (stacks
+        side by side on several threads whatever their size)."""
+        if backend == "vmap":
+            return BatchedTrainer(task, max_batch=args.max_batch, pad=args.pad, stacked=False)
+        if backend not in ("serial", "parallel"):
             return make_trainer(task, backend, max_batch=args.max_batch, pad=args.pad)
-        max_batch = args.max_batch or default_max_batch(task.spec.numel)
-        return BatchedTrainer(task, max_batch=max_batch, pad=args.pad, stacked=False)
+        trainer = make_trainer(task, "batched", max_batch=args.max_batch, pad=args.pad)
+        if backend == "serial":
+            trainer.parallel_stacks = False
+        else:
+            trainer.parallel_min_floats = 0
+        return trainer
 
     def measure(task: LocalTask, w0: torch.Tensor, n: int) -> dict[str, float]:
         """Updates/s of each backend at ``n`` pending jobs: median over interleaved rounds.

@@ -154,9 +154,7 @@ def test_result_does_not_depend_on_grouping(setup):
     assert_close(in_two, all_at_once)
 
 
-def test_stacks_side_by_side_on_several_threads_give_the_same_results(setup, monkeypatch):
-    import fedsim.learning.batched as batched
-
+def test_stacks_side_by_side_on_several_threads_give_the_same_results(setup):
     task = make_task(setup, **CONFIGS["momentum_wd"])
     jobs = make_jobs(setup)
     want = sequential_results(task, jobs)
@@ -166,8 +164,8 @@ def test_stacks_side_by_side_on_several_threads_give_the_same_results(setup, mon
         small = BatchedTrainer(task, max_batch=4)
         got_small = [h.result() for h in [small.submit(job) for job in jobs]]
         assert small.most_workers == 1 and small.activations_per_job == 16 * (64 + 16 + 16 + 10)
-        monkeypatch.setattr(batched, "PARALLEL_MIN_FLOATS", 0)
         trainer = BatchedTrainer(task, max_batch=4)
+        trainer.parallel_min_floats = 0  # every stack eligible
         got = [h.result() for h in [trainer.submit(job) for job in jobs]]
         assert torch.get_num_threads() == 2  # one thread per worker during the flush only
     finally:

@@ -103,14 +103,15 @@ class BatchedHandle:
 
 
 class BatchedTrainer:
-    """Trains all pending jobs together with ``vmap(grad(loss))`` over stacked flat parameters.
+    """Trains all pending jobs together, one vectorised step per local step, over stacked flat
+    parameters.
 
     ``max_batch`` bounds how many jobs share one vectorised step (memory is about
-    ``max_batch * (3 d + b * activations)`` floats). A whole group of at most ``sequential_max``
-    jobs is trained by :class:`SequentialTrainer` itself; on the vmap path, whenever at most
-    ``sequential_max`` clients of a stack are still training, their gradients come from plain
-    per-client autograd (for one or two clients that is faster than ``vmap``; stacked execution
-    needs no such switch).
+    ``max_batch * (3 d + b * activations)`` floats; None: :func:`default_max_batch`). A whole group
+    of at most ``sequential_max`` jobs is trained by :class:`SequentialTrainer` itself; on the vmap
+    path, whenever at most ``sequential_max`` clients of a stack are still training, their
+    gradients come from plain per-client autograd (for one or two clients that is faster than
+    ``vmap``; stacked execution needs no such switch).
 
     ``pad`` says which jobs share a stack: ``exact`` only jobs with equal mini-batch size (no
     padding); ``pow2`` (default) sizes with the same next power of two, a bucket of fewer than
@@ -125,19 +126,18 @@ class BatchedTrainer:
     def __init__(
         self,
         task: LocalTask,
-        max_batch: int = 1024,
+        max_batch: int | None = 1024,
         sequential_max: int = 0,
         pad: PadPolicy = "pow2",
         min_stack: int = 16,
         stacked: bool = True,
         parallel_stacks: bool = True,
     ) -> None:
-        if max_batch < 1:
+        if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if pad not in ("exact", "pow2", "full"):
             raise ValueError(f"pad must be exact, pow2 or full, got {pad!r}")
         self.task = task
-        self.max_batch = int(max_batch)
         self.sequential_max = int(sequential_max)
         self.pad = pad
         self.min_stack = int(min_stack)
@@ -146,17 +146,24 @@ class BatchedTrainer:
         self._vgrad_masked = vmap(grad(self._weighted_loss))
         self._stacked = stack_model(task.module, task.spec) if stacked else None
         self.parallel_stacks = parallel_stacks
+        self.parallel_min_floats = PARALLEL_MIN_FLOATS
+        """Activations per step a stack needs before stacks run side by side (0: always)."""
         self.activations_per_job = _activations_per_job(task) if self._stacked is not None else 0
-        """Forward activations (floats) of one job's step: decides when stacks run side by side."""
+        """Forward activations (floats) of one job's step, counted for stacked execution only (the
+        activation budget and the side-by-side threshold were measured for it)."""
+        if max_batch is None:
+            device = task.data.x_train.device
+            max_batch = default_max_batch(task.spec.numel, device, self.activations_per_job)
+        self.max_batch = int(max_batch)
         self._pending: dict[BatchedHandle, None] = {}  # insertion-ordered set
         self.jobs_batched = 0
-        """Jobs trained with vmapped steps."""
+        """Jobs trained in stacks (not by the per-job loop)."""
         self.flushes = 0
         """How many times the pending set was trained."""
         self.largest_flush = 0
         """Most jobs trained in one flush."""
         self.stacks = 0
-        """Stacks trained with vmapped steps (one per batch-size bucket and chunk of a flush)."""
+        """Stacks trained (one per batch-size bucket and chunk of a flush)."""
         self.train_seconds = 0.0
         """Real time spent training (for the overhead split)."""
         self.most_workers = 1
@@ -247,7 +254,8 @@ class BatchedTrainer:
         if workers > 1:
             chunks = [c for g in groups for c in _cut(g, self.max_batch, workers)]
             mean_jobs = sum(map(len, chunks)) / len(chunks)
-            if mean_jobs * self.activations_per_job >= PARALLEL_MIN_FLOATS and len(chunks) > 1:
+            enough = mean_jobs * self.activations_per_job >= self.parallel_min_floats
+            if enough and len(chunks) > 1:
                 return chunks, min(workers, len(chunks))
         return [c for g in groups for c in _cut(g, self.max_batch, 1)], 1
 
@@ -388,7 +396,7 @@ class AutoTrainer(BatchedTrainer):
     def __init__(
         self,
         task: LocalTask,
-        max_batch: int = 1024,
+        max_batch: int | None = 1024,
         sequential_max: int = 1,
         pad: PadPolicy = "pow2",
         stacked: bool = True,
@@ -467,14 +475,9 @@ def make_trainer(
 ) -> SequentialTrainer | BatchedTrainer:
     """The trainer for ``training.backend``: ``sequential``, ``batched`` or ``auto``.
 
-    ``max_batch`` None: chosen from the model size, its activations and free memory
-    (:func:`default_max_batch`).
+    ``max_batch`` None: chosen by the trainer from the model size, its activations and free
+    memory (:func:`default_max_batch`).
     """
-    if max_batch is None:
-        acts = 0  # the activation budget was measured for stacked execution only
-        if stack_model(task.module, task.spec) is not None:
-            acts = _activations_per_job(task)
-        max_batch = default_max_batch(task.spec.numel, task.data.x_train.device, acts)
     if backend == "sequential":
         return SequentialTrainer(task)
     if backend == "batched":

@@ -10,8 +10,12 @@ added to the gradient); ``tests/test_optim.py`` checks them against those classe
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # trainer imports this module
+    from fedsim.learning.trainer import TrainingConfig
 
 
 class LocalOptimizer:
@@ -32,7 +36,7 @@ class LocalOptimizer:
         self.betas, self.eps = betas, eps
 
     @classmethod
-    def from_config(cls, config) -> LocalOptimizer:  # TrainingConfig (trainer imports this module)
+    def from_config(cls, config: TrainingConfig) -> LocalOptimizer:
         return cls(
             config.optimizer,
             config.lr,

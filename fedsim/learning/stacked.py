@@ -3,7 +3,7 @@
 ``vmap(grad(loss))`` trains many clients at once for any model, but on a CPU it pays for it twice:
 per-call overhead for every batched operator, and layouts that the vmap batching rules pick for
 convolutions and pooling (``[b, n·C, H, W]`` in the contiguous format, where max-pooling over small
-feature maps is ~10× slower than in channels-last). For the layer types our builders use, this
+feature maps is 10–16× slower than in channels-last). For the layer types our builders use, this
 module runs the same function directly on stacked parameters ``W [n, d]``:
 
 - convolutions as one *grouped* convolution (``groups = n``), activations ``[b, n·C, …]``, 2-D
