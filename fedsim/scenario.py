@@ -43,6 +43,7 @@ from fedsim.timing import (
     StragglerConfig,
 )
 from fedsim.topology import TopologyConfig
+from fedsim.yamlio import load_yaml, read_yaml_file
 
 
 class StopConfig(Section):
@@ -209,17 +210,11 @@ class Scenario(Section):
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a scenario file (see :mod:`fedsim.yamlio` for the limits applied)."""
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"scenario file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        raise ScenarioError(f"{path}: YAML syntax error at {where}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: YAML error: {exc}") from None
+    data = read_yaml_file(path, "scenario file")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -238,8 +233,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not path:
         raise ScenarioError(f"override has an empty key path: {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {path}") if raw.strip() else None
+    except ScenarioError as exc:
+        if "YAML syntax error" not in str(exc):
+            raise
         value = raw
     return path, value
 
@@ -254,7 +251,16 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     keys the file gave for the old variant that the new one does not have, so sweeps can switch
     algorithms; the tag overrides are applied first, then the others.
     """
-    result = json.loads(json.dumps(data))
+    for path, value in overrides.items():
+        if value is None or _training_none(value) is None:
+            below = next((p for p in overrides if p.startswith(f"{path}.")), None)
+            if below is not None:
+                raise ScenarioError(
+                    f"one override sets it to {'null' if value is None else value}, another sets "
+                    f"{below}; drop one of them",
+                    path=path,
+                )
+    result = dict(data)  # copied along each override's path only: shared (aliased) parts stay shared
     ordered = sorted(overrides.items(), key=lambda kv: kv[0].rsplit(".", 1)[-1] not in TAG_KEYS)
     for path, value in ordered:
         node = result
@@ -262,8 +268,10 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None or (isinstance(child, str) and part == "training"):
-                child = node[part] = {}
-            if not isinstance(child, dict):
+                child = {}
+            if isinstance(child, dict):
+                child = node[part] = dict(child)
+            else:
                 where = ".".join(parts[: i + 1])
                 raise ScenarioError(
                     f"{where} is not a section, so {path} does not exist", path=path

@@ -48,6 +48,7 @@ from pydantic import (
 
 from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
+from fedsim.yamlio import read_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -404,17 +405,21 @@ def _read_table(path: str, base_dir: str | Path | None, key: str) -> np.ndarray:
         raise ScenarioError(f"file not found: {file}", path=key, value=path)
     if file.suffix == ".npy":
         try:
-            table = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ScenarioError(f"cannot read {file}: {exc}", path=key, value=path) from None
-        table = np.asarray(table, dtype=float)
+            table = np.asarray(np.load(file, allow_pickle=False), dtype=float)
+        except (OSError, ValueError, TypeError, EOFError) as exc:
+            problem = " ".join(str(exc).split())
+            raise ScenarioError(f"cannot read {file}: {problem}", path=key, value=path) from None
         if table.ndim != 2:
             raise ScenarioError(
                 f"{file} must hold a 2-D array, got shape {table.shape}", path=key, value=path
             )
         return table
     rows: list[list[float]] = []
-    for lineno, line in enumerate(file.read_text().splitlines(), start=1):
+    try:
+        text = read_text(file, "table")
+    except ScenarioError as exc:
+        raise ScenarioError(exc.message, path=key, value=path) from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         tokens = line.split("#", 1)[0].replace(",", " ").split()
         if not tokens:
             continue

@@ -1,0 +1,275 @@
+"""Bad input never hangs, crashes or slips through (issue 17).
+
+Every case goes through the command line (exit status 2 and exactly one line on stderr) and through
+the Python API (``fedsim.load_scenario`` raising ``fedsim.ScenarioError``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import fedsim
+from fedsim.cli import main
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_line_error(args: list[str], capsys) -> str:
+    """Run the CLI; assert exit status 2 and one ``error:`` line; return that line."""
+    code, _out, err = _cli(args, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0].removeprefix("error: ")
+
+
+def _refused(path: Path, capsys, *overrides: str) -> tuple[str, str]:
+    """The CLI's one line for ``validate path`` and the API's ScenarioError text."""
+    args = ["validate", str(path)]
+    for o in overrides:
+        args += ["--set", o]
+    line = _one_line_error(args, capsys)
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.load_scenario(path, list(overrides))
+    return line, str(info.value)
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    text = 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    for i in range(1, levels):
+        text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML files: encoding, duplicate keys, resource limits, value types
+
+
+def test_random_bytes_scenario_names_the_file(tmp_path, capsys):
+    path = tmp_path / "noise.yaml"
+    path.write_bytes(b"name: x\n\xff\xfe\x80\x81 garbage\n")
+    line, api = _refused(path, capsys)
+    assert line == api
+    assert line == (
+        f"{path}:2: scenario file is not UTF-8 text (byte 0xff at offset 8); save it as UTF-8"
+    )
+
+
+def test_utf16_scenario_names_the_file(tmp_path, capsys):
+    path = tmp_path / "wide.yaml"
+    path.write_bytes("name: x\n".encode("utf-16"))
+    line, api = _refused(path, capsys)
+    assert line == api == f"{path}: scenario file is UTF-16 text; save it as UTF-8"
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes("name: bom\n".encode("utf-8-sig"))
+    assert fedsim.load_scenario(path).name == "bom"
+
+
+def test_duplicate_keys_name_both_lines(tmp_path, capsys):
+    path = tmp_path / "dup.yaml"
+    path.write_text("seed: 1\nname: x\nseed: 2\n")
+    line, api = _refused(path, capsys)
+    assert line == api == f"{path}:3: duplicate key 'seed' (line 1 and line 3)"
+    path.write_text("clients:\n  count: 5\nname: x\nclients:\n  count: 6\n")
+    line, _ = _refused(path, capsys)
+    assert line == f"{path}:4: duplicate key 'clients' (line 1 and line 4)"
+    path.write_text("clients:\n  count: 5\n  count: 6\n")
+    line, _ = _refused(path, capsys)
+    assert line == f"{path}:3: duplicate key 'count' (line 2 and line 3)"
+
+
+def test_merge_keys_may_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "name: m\nclients:\n  compute: &c {dist: constant, mean_s: 2.0}\n"
+        "  network: {<<: *c, latency_s: 0.5}\n"
+    )
+    with pytest.raises(fedsim.ScenarioError, match=r"clients\.network\.dist: unknown key"):
+        fedsim.load_scenario(path)
+    path.write_text("name: m\nbase: &c {count: 4}\nclients: {<<: *c, count: 5}\n")
+    with pytest.raises(fedsim.ScenarioError, match="base: unknown key"):
+        fedsim.load_scenario(path)
+    path.write_text("name: m\nclients: {<<: {count: 4}, count: 5}\n")
+    assert fedsim.load_scenario(path).clients.count == 5
+
+
+@pytest.mark.parametrize("with_override", [False, True])
+def test_alias_bomb_is_refused_quickly(tmp_path, capsys, with_override):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    overrides = ["clients.count=5"] if with_override else []
+    started = time.perf_counter()
+    line, api = _refused(path, capsys, *overrides)
+    assert time.perf_counter() - started < 2.0
+    assert (
+        line
+        == api
+        == (f"{path}: more than 100,000 values once its aliases are expanded (an alias bomb?)")
+    )
+
+
+def test_small_aliases_still_work_and_overrides_do_not_leak(tmp_path):
+    path = tmp_path / "alias.yaml"
+    path.write_text(
+        "name: shared\nmodel: {kind: mlp, hidden: &h [8]}\n"
+        "clients: {compute: &c {dist: constant, mean_s: 2.0}, network: {latency_s: 0.5}}\n"
+    )
+    scenario = fedsim.load_scenario(path, ["clients.compute.mean_s=4"])
+    assert scenario.clients.compute.mean_s == 4.0
+    assert fedsim.load_scenario(path).clients.compute.mean_s == 2.0
+
+
+def test_recursive_alias_and_deep_nesting_are_refused(tmp_path, capsys):
+    path = tmp_path / "rec.yaml"
+    path.write_text("name: x\nclients: &a {count: [*a]}\n")
+    line, api = _refused(path, capsys)
+    assert line == api == f"{path}:2: a recursive alias (a value that contains itself)"
+    path.write_text("name: " + "[" * 200_000 + "]" * 200_000 + "\n")
+    line, _ = _refused(path, capsys)
+    assert line == f"{path}:1: nested deeper than 64 levels"
+
+
+def test_file_size_is_capped(tmp_path, capsys):
+    path = tmp_path / "huge.yaml"
+    with path.open("w") as f:
+        f.write("name: x\n")
+        f.write("# padding\n" * 500_000)
+    line, api = _refused(path, capsys)
+    assert line == api
+    assert line == (
+        f"{path}: scenario file of 5,000,008 bytes is larger than the 4,194,304 bytes allowed"
+    )
+
+
+def test_too_many_values_are_refused(tmp_path, capsys):
+    path = tmp_path / "wide.yaml"
+    path.write_text("model: {hidden: [" + ", ".join(["1"] * 100_001) + "]}\n")
+    line, _ = _refused(path, capsys)
+    assert line == f"{path}:1: more than 100,000 values"
+
+
+@pytest.mark.parametrize("tag", ["binary", "set"])
+@pytest.mark.parametrize("with_override", [False, True])
+def test_binary_and_set_values_are_refused(tmp_path, capsys, tag, with_override):
+    path = tmp_path / "bin.yaml"
+    value = "aGVsbG8=" if tag == "binary" else "{a, b}"
+    path.write_text(f"name: !!{tag} {value}\n")
+    overrides = ["clients.count=5"] if with_override else []
+    line, api = _refused(path, capsys, *overrides)
+    assert line == api == f"{path}:1: !!{tag} values are not allowed in fedsim files"
+
+
+def test_python_tags_are_refused(tmp_path, capsys):
+    path = tmp_path / "py.yaml"
+    path.write_text("name: !!python/object/apply:os.system [echo hi]\n")
+    line, _ = _refused(path, capsys)
+    assert line.startswith(f"{path}:1: could not determine a constructor for the tag")
+
+
+def test_dates_are_read_as_strings(tmp_path):
+    path = tmp_path / "date.yaml"
+    path.write_text("name: 2024-01-31\n")
+    assert fedsim.load_scenario(path).name == "2024-01-31"
+
+
+def test_control_characters_are_one_line(tmp_path, capsys):
+    path = tmp_path / "nul.yaml"
+    path.write_text("name: a\x00b\n")
+    line, api = _refused(path, capsys)
+    assert line == api == f"{path}: YAML syntax error: character #x0000 at offset 7 is not allowed"
+
+
+def test_override_values_use_the_same_reader(tmp_path, capsys):
+    path = tmp_path / "ok.yaml"
+    path.write_text("name: x\n")
+    line, _ = _refused(path, capsys, "name=!!binary aGVsbG8=")
+    assert line == "--set name:1: !!binary values are not allowed in fedsim files"
+    # Text that is not YAML stays a string (and fails validation where a string is wrong).
+    line, _ = _refused(path, capsys, "clients.count=[1")
+    assert line == 'clients.count: must be an integer, got "[1"'
+
+
+@pytest.mark.parametrize("where", ["sweep", "base"])
+@pytest.mark.parametrize("encoding", ["random", "utf-16"])
+def test_sweep_file_and_its_base_are_read_the_same_way(tmp_path, capsys, where, encoding):
+    bad = b"\x00\xff\xfe\xfd" if encoding == "random" else "name: x\n".encode("utf-16")
+    base = tmp_path / "base.yaml"
+    base.write_text("name: b\nstop: {time_s: 5}\ntraining: none\n")
+    sweep = tmp_path / "sw.yaml"
+    sweep.write_text("base: base.yaml\ngrid: {clients.count: [2, 3]}\n")
+    target = sweep if where == "sweep" else base
+    target.write_bytes(bad)
+    what = "sweep file" if where == "sweep" else "scenario file"
+    line = _one_line_error(["sweep", str(sweep), "--out", str(tmp_path / "out")], capsys)
+    if encoding == "utf-16":
+        expected = f"{target}: {what} is UTF-16 text; save it as UTF-8"
+    else:
+        expected = f"{target}:1: {what} is not UTF-8 text (byte 0xff at offset 1); save it as UTF-8"
+    assert line.endswith(expected)
+    from fedsim.sweep import load_sweep
+
+    with pytest.raises(fedsim.ScenarioError, match="UTF"):
+        load_sweep(sweep)
+
+
+def test_sweep_file_duplicate_keys_and_bombs(tmp_path, capsys):
+    from fedsim.sweep import load_sweep
+
+    sweep = tmp_path / "sw.yaml"
+    sweep.write_text("base: b.yaml\ngrid: {}\nbase: c.yaml\n")
+    with pytest.raises(fedsim.ScenarioError) as info:
+        load_sweep(sweep)
+    assert str(info.value) == f"{sweep}:3: duplicate key 'base' (line 1 and line 3)"
+    sweep.write_text(_alias_bomb())
+    line = _one_line_error(["sweep", str(sweep), "--out", str(tmp_path / "o")], capsys)
+    assert line.endswith("once its aliases are expanded (an alias bomb?)")
+
+
+@pytest.mark.parametrize("encoding", ["random", "utf-16"])
+def test_topology_text_file_not_utf8(tmp_path, capsys, encoding):
+    table = tmp_path / "graph.txt"
+    table.write_bytes(b"0 1\n1 \xff\n" if encoding == "random" else "0 1\n1 0\n".encode("utf-16"))
+    path = tmp_path / "topo.yaml"
+    path.write_text(
+        "training: none\n"
+        f"topology: {{servers: 2, clients_per_server: 2, graph: {{kind: from_file, path: {table}}}}}\n"
+    )
+    problem = (
+        "table is not UTF-8 text (byte 0xff at offset 6); save it as UTF-8"
+        if encoding == "random"
+        else "table is UTF-16 text; save it as UTF-8"
+    )
+    where = f"{table}:2" if encoding == "random" else f"{table}"
+    expected = f"topology.graph.path: {where}: {problem}"
+    line = _one_line_error(["run", str(path), "-q", "--out", str(tmp_path / "r")], capsys)
+    assert line == expected
+
+
+def test_training_none_then_training_key_is_refused(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\n")
+    line, api = _refused(path, capsys, "training=none", "training.lr=0.2")
+    assert (
+        line
+        == api
+        == ("training: one override sets it to none, another sets training.lr; drop one of them")
+    )
+    line, _ = _refused(path, capsys, "byzantine=null", "byzantine.fraction=0.2")
+    assert line == (
+        "byzantine: one override sets it to null, another sets byzantine.fraction; drop one of them"
+    )
