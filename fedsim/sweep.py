@@ -128,15 +128,11 @@ def load_sweep(source: str | Path | Mapping[str, Any], *, root: str | Path | Non
 
 
 def _read_sweep_file(path: Path) -> dict[str, Any]:
+    from fedsim.yamlio import read_yaml_file  # the reader of every input file (limits, UTF-8)
+
     if not path.is_file():
         raise ScenarioError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or exc
-        raise ScenarioError(f"{path}: YAML syntax error{at}: {problem}") from None
+    data = read_yaml_file(path, "sweep file")
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a sweep file must be a mapping of keys")
     return data
