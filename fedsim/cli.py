@@ -45,7 +45,7 @@ _set_option = click.option(
 
 
 @cli.command()
-@click.argument("scenario_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("scenario_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
@@ -53,31 +53,71 @@ _set_option = click.option(
 @click.option(
     "--no-plots", is_flag=True, help="Do not write the standard figures to RUN_DIR/plots."
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run already in the run directory (after the new one is built and checked).",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run an interrupted run directory's own scenario to its end.",
+)
 def run(
-    scenario_file: Path,
+    scenario_file: Path | None,
     overrides: tuple[str, ...],
     out: Path | None,
     quiet: bool,
     device: str,
     no_plots: bool,
+    overwrite: bool,
+    resume_dir: Path | None,
 ) -> None:
-    """Run SCENARIO_FILE and write its run directory (with plots/ unless --no-plots)."""
+    """Run SCENARIO_FILE and write its run directory (with plots/ unless --no-plots).
+
+    A run directory that already holds a run is refused unless --overwrite; Ctrl-C or SIGTERM
+    stops at the next event and keeps the trace so far (exit 130 / 143).
+    """
+    from fedsim.interrupts import EXIT_CODES
     from fedsim.progress import RichProgress
     from fedsim.scenario import load_scenario
     from fedsim.simulation import run as run_scenario
 
-    scenario = load_scenario(scenario_file, overrides)
+    if resume_dir is not None:
+        if overrides or out is not None or overwrite:
+            raise click.UsageError(
+                "--resume takes the run directory alone (no --set, --out, --overwrite)"
+            )
+        scenario = load_scenario(scenario_file) if scenario_file is not None else None
+        options = {"resume": resume_dir}
+    elif scenario_file is None:
+        raise click.UsageError("missing SCENARIO_FILE (or --resume RUN_DIR)")
+    else:
+        scenario = load_scenario(scenario_file, overrides)
+        options = {"out": out, "overwrite": overwrite}
     if quiet:
-        result = run_scenario(scenario, out=out, device=device)
+        result = run_scenario(scenario, device=device, **options)
     else:
         with RichProgress() as progress:
-            result = run_scenario(scenario, out=out, device=device, progress=progress)
-    if not no_plots and result.run_dir is not None:
+            result = run_scenario(scenario, device=device, progress=progress, **options)
+    summary = result.summary
+    interrupted = summary.get("stop_reason") == "interrupted"
+    if not no_plots and not interrupted and result.run_dir is not None:
         from fedsim.plots import save_standard_figures
 
         save_standard_figures(result, result.run_dir / "plots")
     if not quiet:
-        _print_summary(result.summary)
+        _print_summary(summary)
+    if interrupted:
+        signal_name = summary.get("interrupted_by", "SIGINT")
+        where = result.run_dir
+        resume = f"; `fedsim run --resume {where}` runs it to the end" if where else ""
+        _fail(
+            f"interrupted by {signal_name} at simulated time {summary['sim_time_s']:.1f} s: "
+            f"the trace so far and summary.json are in {where}{resume}",
+            EXIT_CODES.get(signal_name, 130),
+        )
 
 
 def _fmt(value: object, spec: str = "") -> str:

@@ -1,16 +1,23 @@
 """Trace recording: rows buffered in memory, flushed to Parquet in chunks while the run goes on.
 
 Rows are appended as tuples (one list append on the hot path) and turned into columns only at flush.
-During a run each chunk is its own Parquet file under ``events.parquet.parts/``, so a killed run still
-leaves readable data; :meth:`TraceWriter.close` merges the parts into one ``events.parquet``.
+During a run each chunk is its own Parquet file under ``events.parquet.parts/``, written under a
+temporary name and renamed into place, so a run killed at any moment leaves only complete parts.
+:meth:`TraceWriter.close` merges the parts on disk into one ``events.parquet`` (again renamed into
+place), holding no more than a few chunks in memory whatever the length of the run.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
+import warnings
+from collections.abc import Iterator
 from operator import itemgetter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -79,8 +86,31 @@ too low: see ``reason``), late (past a deadline, a closed round or max_staleness
 in_flight (still out when the run stopped), message (a model sent between servers, not a job)."""
 
 
+MERGED_ROW_GROUP = 65_536
+"""Rows per row group of a merged file: fixed, so the file's bytes do not depend on when the parts
+were flushed (by row count or by the wall-clock timer)."""
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` through a temporary file and a rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def sort_by_time(table: pa.Table) -> pa.Table:
+    """Stable sort by ``sim_time`` (rows of one instant keep the order they were recorded in)."""
+    if table.num_rows < 2:
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[("sim_time", "ascending")]))
+
+
 class TraceWriter:
-    """Buffers rows of one table and writes them to Parquet in chunks."""
+    """Buffers rows of one table and writes them to Parquet in chunks.
+
+    Nothing touches the disk before the first flush, so a writer can be built before its run
+    directory is prepared. Without a path (``save=False``) the chunks stay in memory.
+    """
 
     def __init__(self, path: Path | None, schema: pa.Schema, *, chunk_rows: int = 200_000) -> None:
         self.path = path
@@ -90,10 +120,9 @@ class TraceWriter:
         self._tables: list[pa.Table] = []
         self._parts = 0
         self.total = 0
-        if path is not None:
-            self._parts_dir = path.with_name(path.name + ".parts")
-            shutil.rmtree(self._parts_dir, ignore_errors=True)
-            path.unlink(missing_ok=True)
+        self.companion: TraceWriter | None = None
+        """Flushed whenever this writer flushes (evals go to disk at least as often as events)."""
+        self.parts_dir = path.with_name(path.name + ".parts") if path is not None else None
 
     def append(self, row: tuple) -> None:
         self.rows.append(row)
@@ -109,39 +138,184 @@ class TraceWriter:
         )
 
     def flush(self) -> None:
-        if not self.rows:
-            return
-        table = self._to_table(self.rows)
-        self.total += len(self.rows)
-        self.rows = []
-        self._tables.append(table)
-        if self.path is not None:
-            self._parts_dir.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, self._parts_dir / f"part-{self._parts:05d}.parquet")
-            self._parts += 1
+        """Write the buffered rows as one part (sorted by time within it)."""
+        if self.rows:
+            table = sort_by_time(self._to_table(self.rows))
+            self.total += len(self.rows)
+            self.rows = []
+            if self.parts_dir is None:
+                self._tables.append(table)
+            else:
+                self.parts_dir.mkdir(parents=True, exist_ok=True)
+                write_atomic(table, self.parts_dir / f"part-{self._parts:05d}.parquet")
+                self._parts += 1
+        if self.companion is not None:
+            self.companion.flush()
 
-    def close(self) -> pd.DataFrame:
-        """Write the single final file (rows in time order), remove the parts, return the table.
+    def close(self) -> pd.DataFrame | None:
+        """Finish the table: rows in time order, stably sorted by ``sim_time``.
 
         Rows are recorded when an outcome is known, which is not always in time order (a FedAvg
-        round writes its reports when it closes); the final file is stably sorted by ``sim_time``.
+        round writes its reports when it closes). In memory the table is returned; on disk the
+        parts are merged into the final file, the parts removed, and None is returned (read the
+        file back with :func:`read_table` when it is needed).
         """
+        companion, self.companion = self.companion, None
         self.flush()
-        table = pa.concat_tables(self._tables) if self._tables else self._to_table([])
-        if table.num_rows:
-            order = pc.sort_indices(table, sort_keys=[("sim_time", "ascending")])
-            table = table.take(order)
-        if self.path is not None:
-            pq.write_table(table, self.path)
-            shutil.rmtree(self._parts_dir, ignore_errors=True)
-        return table.to_pandas()
+        self.companion = companion
+        if self.path is None:
+            table = pa.concat_tables(self._tables) if self._tables else self._to_table([])
+            return sort_by_time(table).to_pandas()
+        parts = sorted(self.parts_dir.glob("part-*.parquet")) if self.parts_dir.is_dir() else []
+        merge_parts(parts, self.path, self.schema, block_rows=self.chunk_rows)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        return None
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a finished table, or the parts a killed run left behind."""
+class _PartCursor:
+    """Reads one time-sorted part a block at a time for :func:`merge_parts`."""
+
+    def __init__(self, path: Path, block_rows: int) -> None:
+        self._batches = pq.ParquetFile(path).iter_batches(batch_size=block_rows)
+        self.buffer: pa.Table | None = None
+        self.done = False
+
+    def load(self) -> None:
+        """Append the next block to the buffer (or mark the part fully read)."""
+        batch = next(self._batches, None)
+        if batch is None:
+            self.done = True
+            return
+        block = pa.Table.from_batches([batch])
+        self.buffer = block if self.buffer is None else pa.concat_tables([self.buffer, block])
+
+    @property
+    def empty(self) -> bool:
+        return self.buffer is None or self.buffer.num_rows == 0
+
+    def last_time(self) -> float:
+        return self.buffer.column("sim_time")[-1].as_py()
+
+    def take_before(self, bound: float) -> pa.Table:
+        """Remove and return the buffered rows with ``sim_time < bound``."""
+        times = self.buffer.column("sim_time").to_numpy()
+        n = int(np.searchsorted(times, bound, side="left"))
+        head, self.buffer = self.buffer.slice(0, n), self.buffer.slice(n)
+        return head
+
+
+def merge_parts(parts: list[Path], out: Path, schema: pa.Schema, *, block_rows: int) -> int:
+    """Merge time-sorted parts into one file sorted by time, with bounded memory; return the rows.
+
+    A k-way merge by blocks: each part is read ``block_rows / k`` rows at a time, and only rows
+    earlier than the smallest last time among the blocks still open can be written, so the result
+    is exactly the stable sort of the concatenated parts (ties keep part order, then row order).
+    """
+    step = max(1024, block_rows // max(1, len(parts)))
+    cursors = [_PartCursor(p, step) for p in parts]
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    total = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        while True:
+            for cursor in cursors:
+                if cursor.empty and not cursor.done:
+                    cursor.load()
+            live = [c for c in cursors if not c.empty]
+            if not live:
+                break
+            open_ends = [c.last_time() for c in live if not c.done]
+            bound = min(open_ends) if open_ends else math.inf
+            taken = [c.take_before(bound) for c in live]
+            rows = sum(t.num_rows for t in taken)
+            if rows == 0:  # every open block ends at `bound`: read further into the limiting part
+                next(c for c in live if not c.done and c.last_time() == bound).load()
+                continue
+            pending.append(sort_by_time(pa.concat_tables(taken)))
+            pending_rows += rows
+            total += rows
+            if pending_rows >= MERGED_ROW_GROUP:
+                pending, pending_rows = _write_row_groups(writer, pending, final=False)
+        _write_row_groups(writer, pending, final=True)
+    os.replace(tmp, out)
+    return total
+
+
+def _write_row_groups(
+    writer: pq.ParquetWriter, pending: list[pa.Table], *, final: bool
+) -> tuple[list[pa.Table], int]:
+    """Write whole row groups of MERGED_ROW_GROUP rows (and the rest when final); keep the rest."""
+    table = pa.concat_tables(pending) if pending else None
+    if table is None or table.num_rows == 0:
+        return [], 0
+    whole = table.num_rows if final else table.num_rows - table.num_rows % MERGED_ROW_GROUP
+    for start in range(0, whole, MERGED_ROW_GROUP):
+        # One chunk per column: pages then do not depend on how the blocks were cut.
+        writer.write_table(
+            table.slice(start, min(MERGED_ROW_GROUP, whole - start)).combine_chunks()
+        )
+    rest = table.slice(whole)
+    return ([rest] if rest.num_rows else []), rest.num_rows
+
+
+def readable_parts(parts_dir: Path) -> Iterator[pa.Table]:
+    """The parts of a killed run that can be read; an unreadable one is skipped with a warning."""
+    for part in sorted(parts_dir.glob("part-*.parquet")):
+        try:
+            yield pq.read_table(part)
+        except (OSError, pa.ArrowException) as exc:
+            warnings.warn(f"skipping unreadable trace part {part}: {exc}", stacklevel=3)
+
+
+def read_table(path: Path, schema: pa.Schema | None = None) -> pd.DataFrame:
+    """Read a finished table, or else the parts a killed run left behind (sorted by time).
+
+    With neither on disk, an empty table of ``schema`` is returned (with a warning) when a schema
+    is given, else FileNotFoundError is raised.
+    """
     if path.exists():
         return pd.read_parquet(path)
-    parts = path.with_name(path.name + ".parts")
-    if parts.is_dir():
-        return pd.read_parquet(parts)
-    raise FileNotFoundError(path)
+    parts_dir = path.with_name(path.name + ".parts")
+    tables = list(readable_parts(parts_dir)) if parts_dir.is_dir() else []
+    if tables:
+        return sort_by_time(pa.concat_tables(tables, promote_options="default")).to_pandas()
+    if schema is None:
+        raise FileNotFoundError(path)
+    warnings.warn(
+        f"no trace recorded in {path} (the run stopped before any was written)", stacklevel=2
+    )
+    return schema.empty_table().to_pandas()
+
+
+def event_totals(path: Path | None, table: pd.DataFrame | None) -> dict[str, object]:
+    """Figures of the events table for the summary, read column-wise a row group at a time."""
+    counts: dict[str, int] = {}
+    staleness_sum = 0
+    staleness_n = 0
+    up = down = messages = 0
+    for frame in _event_batches(path, table):
+        status = frame["status"]
+        for key, n in status.value_counts().items():
+            counts[key] = counts.get(key, 0) + int(n)
+        used = status.isin(("applied", "buffered"))
+        staleness_sum += int(frame["staleness"][used].sum())
+        staleness_n += int(used.sum())
+        is_message = status == "message"
+        up += int(frame["bytes_up"][~is_message].sum())
+        down += int(frame["bytes_down"][~is_message].sum())
+        messages += int(frame["bytes_up"][is_message].sum())
+    return {
+        "status_counts": {k: counts[k] for k in sorted(counts)},
+        "mean_staleness": staleness_sum / staleness_n if staleness_n else math.nan,
+        "bytes": {"client_up": up, "client_down": down, "server_to_server": messages},
+    }
+
+
+def _event_batches(path: Path | None, table: pd.DataFrame | None) -> Iterator[pd.DataFrame]:
+    if table is not None:
+        yield table
+        return
+    columns = ["status", "staleness", "bytes_up", "bytes_down"]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=MERGED_ROW_GROUP, columns=columns):
+        yield batch.to_pandas()

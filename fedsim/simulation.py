@@ -10,11 +10,10 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import platform
-import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,16 +21,19 @@ import numpy as np
 import pandas as pd
 import simpy
 import torch
+from simpy.core import EmptySchedule, StopSimulation
 
+from fedsim import rundir
 from fedsim.algorithms import ALGORITHMS
 from fedsim.algorithms.base import ServerModel
 from fedsim.clients import ClientPool, Job
 from fedsim.errors import ScenarioError, SimulationError
+from fedsim.interrupts import stop_on_signals
 from fedsim.learning.batched import make_trainer
 from fedsim.learning.data import dataset_info, load_federated
 from fedsim.learning.models import build_model, init_params
 from fedsim.learning.trainer import Evaluator, LocalTask
-from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, read_table
+from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, event_totals, read_table
 from fedsim.rng import SeedStreams
 from fedsim.scenario import Scenario, load_scenario
 from fedsim.timing import ClientTiming
@@ -39,7 +41,13 @@ from fedsim.topology import Topology, build_topology
 
 ACCEPTED = frozenset({"applied", "buffered"})
 NOT_UPLOADED = frozenset({"dropped", "cancelled", "in_flight"})
-PROGRESS_EVERY_ROWS = 4096
+PROGRESS_EVERY_ROWS = 1024
+FLUSH_EVERY_WALL_S = 10.0
+"""Both traces go to disk at least this often (wall-clock seconds), whatever ``output.flush_rows``:
+a killed run loses at most this much."""
+STALL_EVENTS = 1_000_000
+"""A run whose simulated clock has not moved over this many events is stuck: it fails, trace kept."""
+_STEPS_PER_CHECK = 65_536
 
 
 class ProgressHook(Protocol):
@@ -156,6 +164,9 @@ class Simulation:
         self.evals = TraceWriter(
             run_dir and run_dir / "evals.parquet", EVAL_SCHEMA, chunk_rows=chunk
         )
+        self.events.companion = self.evals
+        self._last_flush = -math.inf
+        self.interrupted_by: str | None = None
         self.updates = 0
         self.rows = 0
         self._max_updates = scenario.stop.max_updates
@@ -208,8 +219,16 @@ class Simulation:
             if self.updates == self._max_updates:
                 self.stop("max_updates")
         self.rows += 1
-        if self.progress is not None and not self.rows & (PROGRESS_EVERY_ROWS - 1):
+        if not self.rows & (PROGRESS_EVERY_ROWS - 1):
+            self._tick()
+
+    def _tick(self) -> None:
+        """Every thousand rows and every evaluation: the progress hook, the flush timer."""
+        if self.progress is not None:
             self.progress(self)
+        if time.perf_counter() - self._last_flush >= FLUSH_EVERY_WALL_S:
+            self._last_flush = time.perf_counter()
+            self.events.flush()  # and the evals with it
 
     def record_message(self, sender: int, receiver: int, nbytes: int, sent_at: float) -> None:
         """One model sent from server ``sender`` to ``receiver``, arriving now (status ``message``)."""
@@ -228,6 +247,12 @@ class Simulation:
         if not self.stop_event.triggered:
             self.stop_reason = reason
             self.stop_event.succeed()
+
+    def interrupt(self, signal_name: str) -> None:
+        """Stop at the next event because the user (or the system) asked: the files are kept."""
+        if not self.stop_event.triggered:
+            self.interrupted_by = signal_name
+        self.stop("interrupted")
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self) -> None:
@@ -267,8 +292,7 @@ class Simulation:
             if self.time_to_target is None:
                 self.time_to_target = self.env.now
             self.stop("target_accuracy")
-        if self.progress is not None:
-            self.progress(self)
+        self._tick()
 
     def _evaluation_process(self):
         every = self.scenario.eval.every_s
@@ -303,16 +327,15 @@ class Simulation:
         env.process(self.algorithm.run())
         env.process(self._evaluation_process())
         try:
-            env.run(until=self.stop_event)
-        except RuntimeError as exc:
-            if "No scheduled events left" not in str(exc):
-                raise
-            self.stop_reason = "no_events_left"
-        except (ScenarioError, SimulationError):
+            with stop_on_signals(self.interrupt):
+                self._loop()
+        except (ScenarioError, SimulationError) as exc:
+            self._finish(error=str(exc))
             raise
         except Exception as exc:  # a failure inside the run: keep what was recorded, then report
-            self._finish_files()
-            raise SimulationError(f"run failed at simulated time {env.now:.3f}s: {exc!r}") from exc
+            message = f"run failed at simulated time {env.now:.3f}s: {exc!r}"
+            self._finish(error=message)
+            raise SimulationError(message) from exc
         if self.last_eval.get("sim_time") != env.now or not self.evals.total + len(self.evals.rows):
             self.evaluate()
         self.algorithm.finish()
@@ -320,14 +343,38 @@ class Simulation:
             self.record_job(job, "in_flight")  # still out at the stop: downloaded, never returned
         return self._finish()
 
-    def _finish_files(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        return self.events.close(), self.evals.close()
+    def _loop(self) -> None:
+        """SimPy's run loop until the stop event, watching that the simulated clock advances."""
+        env = self.env
+        step = env.step
+        self.stop_event.callbacks.append(StopSimulation.callback)
+        last, still = env.now, 0
+        try:
+            while True:
+                for _ in range(_STEPS_PER_CHECK):
+                    step()
+                if env.now != last:
+                    last, still = env.now, 0
+                    continue
+                still += _STEPS_PER_CHECK
+                if still >= STALL_EVENTS:
+                    raise SimulationError(self._stall_message(still))
+        except StopSimulation:
+            return
+        except EmptySchedule:
+            self.stop_reason = "no_events_left"
 
-    def summary(self, wall_time_s: float, events: pd.DataFrame) -> dict[str, Any]:
+    def _stall_message(self, events: int) -> str:
+        key, value = _smallest_duration(self.scenario.to_dict())
+        hint = f"; the smallest duration is {key} = {value:g}" if key else ""
+        return (
+            f"simulated time stuck at {self.env.now:g} s for {events:,} events: a delay or period "
+            f"is too small for the clock to advance{hint}"
+        )
+
+    def summary(self, wall_time_s: float, totals: dict[str, Any]) -> dict[str, Any]:
         accepted = self.updates
         evals_acc = self.last_eval.get("accuracy", math.nan)
-        counts = events["status"].value_counts()
-        used = events["status"].isin(ACCEPTED)
         return {
             "name": self.scenario.name,
             "scenario_hash": self.scenario.hash(),
@@ -338,8 +385,8 @@ class Simulation:
             "wall_time_s": wall_time_s,
             "updates": accepted,
             "versions": self.servers[0].version,
-            "status_counts": {k: int(counts[k]) for k in sorted(counts.index)},
-            "mean_staleness": float(events["staleness"][used].mean()) if accepted else math.nan,
+            "status_counts": totals["status_counts"],
+            "mean_staleness": totals["mean_staleness"] if accepted else math.nan,
             "final_accuracy": evals_acc,
             "final_loss": self.last_eval.get("loss", math.nan),
             "time_to_target_s": self.time_to_target,
@@ -351,7 +398,7 @@ class Simulation:
             "byzantine_clients": int(self.is_byzantine.sum()),
             "byzantine_applied": self.byzantine_applied,
             "robust_fallbacks": self.robust_fallbacks,
-            "bytes": _bytes_by_link_kind(events),
+            "bytes": totals["bytes"],
             "topology": self.topology.summary() if self.topology is not None else None,
             "model_params": self.spec.numel,
             "device": str(self.device),
@@ -359,16 +406,36 @@ class Simulation:
             "run_dir": str(self.run_dir) if self.run_dir else None,
         }
 
-    def _finish(self) -> Result:
-        events, evals = self._finish_files()
-        summary = self.summary(time.perf_counter() - self._started, events)
-        summary["best_accuracy"] = float(evals["accuracy"].max()) if len(evals) else math.nan
+    def _finish(self, error: str | None = None) -> Result:
+        """Close both traces and write the summary (also after an interrupt or a failure)."""
+        events = self.events.close()
+        evals = self.evals.close()
+        events_path = self.run_dir / "events.parquet" if self.run_dir is not None else None
+        summary = self.summary(
+            time.perf_counter() - self._started, event_totals(events_path, events)
+        )
+        summary["best_accuracy"] = self.best_accuracy(evals)
+        if self.interrupted_by is not None:
+            summary["interrupted_by"] = self.interrupted_by
+        if error is not None:
+            summary["stop_reason"] = "error"
+            summary["error"] = error
         extra = getattr(self.algorithm, "summary_extra", None)
-        if extra is not None:  # an algorithm's own figures (e.g. FedAST's per-task times)
+        if (
+            extra is not None and error is None
+        ):  # an algorithm's own figures (FedAST's per-task times)
             summary.update(extra())
         if self.run_dir is not None:
-            (self.run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+            text = json.dumps(_jsonable(summary), indent=2)
+            tmp = self.run_dir / f".summary.json.tmp-{os.getpid()}"
+            tmp.write_text(text)
+            os.replace(tmp, self.run_dir / "summary.json")
         return Result(self.scenario, events, evals, summary, self.run_dir)
+
+    def best_accuracy(self, evals: pd.DataFrame | None) -> float:
+        if evals is None:
+            evals = read_table(self.run_dir / "evals.parquet", EVAL_SCHEMA)
+        return float(evals["accuracy"].max()) if len(evals) else math.nan
 
 
 def _consensus_errors(targets: list[Any]) -> list[float]:
@@ -388,15 +455,23 @@ def _consensus_errors(targets: list[Any]) -> list[float]:
     return errors
 
 
-def _bytes_by_link_kind(events: pd.DataFrame) -> dict[str, int]:
-    """Total bytes per link kind: client uploads, client downloads, server-to-server messages."""
-    messages = events["status"] == "message"
-    jobs = events[~messages]
-    return {
-        "client_up": int(jobs["bytes_up"].sum()),
-        "client_down": int(jobs["bytes_down"].sum()),
-        "server_to_server": int(events.loc[messages, "bytes_up"].sum()),
-    }
+def _smallest_duration(data: Any, prefix: str = "") -> tuple[str, float]:
+    """The scenario key ending in ``_s`` with the smallest positive value (a stalled clock's hint)."""
+    best: tuple[str, float] = ("", math.inf)
+    items = data.items() if isinstance(data, dict) else ()
+    for key, value in items:
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found = _smallest_duration(value, path + ".")
+            best = found if found[1] < best[1] else best
+        elif (
+            str(key).endswith("_s")
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and 0 < value < best[1]
+        ):
+            best = (path, float(value))
+    return best
 
 
 def _library_versions() -> dict[str, str]:
@@ -423,42 +498,72 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-@dataclass
 class Result:
-    """What a run produced: the resolved scenario, the traces as DataFrames, and the summary."""
+    """What a run produced: the resolved scenario, the traces as DataFrames, and the summary.
 
-    scenario: Scenario
-    events: pd.DataFrame
-    evals: pd.DataFrame
-    summary: dict[str, Any] = field(default_factory=dict)
-    run_dir: Path | None = None
+    A saved run's traces are read from its directory the first time they are used, so a long run
+    never holds its whole trace in memory unless asked for it.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        events: pd.DataFrame | None,
+        evals: pd.DataFrame | None,
+        summary: dict[str, Any] | None = None,
+        run_dir: Path | None = None,
+    ) -> None:
+        if (events is None or evals is None) and run_dir is None:
+            raise ValueError("a Result without traces needs the run directory to read them from")
+        self.scenario = scenario
+        self._events = events
+        self._evals = evals
+        self.summary = summary if summary is not None else {}
+        self.run_dir = run_dir
+
+    @property
+    def events(self) -> pd.DataFrame:
+        """One row per job outcome and per server-to-server message (``events.parquet``)."""
+        if self._events is None:
+            self._events = read_table(self.run_dir / "events.parquet", EVENT_SCHEMA)
+        return self._events
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        """One row per evaluation of a server's or task's model (``evals.parquet``)."""
+        if self._evals is None:
+            self._evals = read_table(self.run_dir / "evals.parquet", EVAL_SCHEMA)
+        return self._evals
+
+    def __repr__(self) -> str:
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir is not None else ""
+        return f"Result({self.scenario.name!r}, stop_reason={self.summary.get('stop_reason')!r}{where})"
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Result:
-        """Read a run directory back (also one a killed run left behind)."""
+        """Read a run directory back (also one a killed run left behind: its readable parts)."""
         run_dir = Path(run_dir)
         if not (run_dir / "scenario.yaml").is_file():
             raise ScenarioError(f"not a fedsim run directory (no scenario.yaml): {run_dir}")
         scenario = load_scenario(run_dir / "scenario.yaml")
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        return cls(
-            scenario,
-            read_table(run_dir / "events.parquet"),
-            read_table(run_dir / "evals.parquet"),
-            summary,
-            run_dir,
-        )
+        return cls(scenario, None, None, summary, run_dir)
+
+
+ScenarioSource = str | Path | Mapping[str, Any] | Scenario
 
 
 def run(
-    scenario: str | Path | Mapping[str, Any] | Scenario,
-    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    scenario: ScenarioSource | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | str | None = None,
     *,
     out: str | Path | None = None,
     save: bool = True,
     device: str | None = None,
     progress: ProgressHook | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
     **keyword_overrides: Any,
 ) -> Result:
     """Run a scenario and return its :class:`Result`.
@@ -466,34 +571,109 @@ def run(
     ``overrides`` maps dotted key paths to values (``{"clients.count": 50}``) or is a list of
     ``"key.path=value"`` strings; keyword overrides use ``__`` for the dots
     (``run("s.yaml", stop__time_s=60)``). ``save=False`` keeps everything in memory.
+
+    A run directory that already holds a run is refused unless ``overwrite=True`` (the new run is
+    built and validated before the old one is removed). ``resume=RUN_DIR`` runs an interrupted
+    run's own scenario to the end again, into its directory: the finished files are identical to an
+    uninterrupted run's (the run is replayed from its start; checkpoints are not implemented yet).
+    Bad input raises :class:`ScenarioError`, a failure during the run :class:`SimulationError`.
     """
+    if resume is not None:
+        if overrides or keyword_overrides or out is not None or not save:
+            raise ScenarioError(
+                "resume takes no overrides, out or save: it reruns the saved scenario"
+            )
+        run_dir = Path(resume)
+        resolved = _resumable_scenario(run_dir, scenario)
+    else:
+        if scenario is None:
+            raise ScenarioError("fedsim.run needs a scenario (a path, a mapping or a Scenario)")
+        resolved = _resolve(scenario, overrides, keyword_overrides)
+        run_dir = (Path(out) if out is not None else resolved.run_dir) if save else None
+        if out is not None and not str(out).strip():
+            raise ScenarioError("out: an empty path; name the run directory")
+    if run_dir is not None:
+        rundir.check(run_dir, overwrite=overwrite, resume=resume is not None)
+    simulation = _build(resolved, device, run_dir, progress)
+    if run_dir is None:
+        return simulation.run()
+    lock = rundir.claim(
+        run_dir, scenario_hash=resolved.hash(), overwrite=overwrite, resume=resume is not None
+    )
+    try:
+        return simulation.run()
+    finally:
+        lock.release()
+
+
+def _resolve(
+    scenario: ScenarioSource, overrides: Any, keyword_overrides: Mapping[str, Any]
+) -> Scenario:
+    if not isinstance(scenario, (str, Path, Mapping, Scenario)):
+        raise ScenarioError(
+            "fedsim.run: the scenario must be a file path, a mapping or a Scenario, "
+            f"got {type(scenario).__name__}"
+        )
     merged: dict[str, Any] = {}
+    if isinstance(overrides, str):
+        overrides = [overrides]  # one "key=value" string, not its characters
     if overrides:
         if isinstance(overrides, Mapping):
             merged.update(overrides)
-        else:
+        elif isinstance(overrides, Iterable) and all(isinstance(o, str) for o in overrides):
             from fedsim.scenario import parse_override
 
             merged.update(parse_override(o) for o in overrides)
+        else:
+            raise ScenarioError(
+                "fedsim.run: overrides must be a mapping of key paths to values or a list of "
+                f'"key.path=value" strings, got {overrides!r}'
+            )
     merged.update({k.replace("__", "."): v for k, v in keyword_overrides.items()})
     resolved = load_scenario(scenario, merged or None)
     if resolved.seed is None:
         drawn = int(np.random.SeedSequence().entropy % (2**63))
         resolved = resolved.model_copy(update={"seed": drawn})
-    run_dir = None
-    if save:
-        run_dir = Path(out) if out is not None else resolved.run_dir
-        _clear_run_dir(run_dir)
-    return Simulation(resolved, device=device, run_dir=run_dir, progress=progress).run()
+    return resolved
 
 
-RUN_FILES = ("events.parquet", "evals.parquet", "summary.json", "scenario.yaml")
+def _resumable_scenario(run_dir: Path, given: ScenarioSource | None) -> Scenario:
+    """The scenario saved in ``run_dir``, after checking that it can be resumed here."""
+    if rundir.state(run_dir) != "run" or not (run_dir / "scenario.yaml").is_file():
+        raise ScenarioError(f"nothing to resume: {run_dir} holds no fedsim run")
+    from fedsim import __version__
+
+    written_by = rundir.read_marker(run_dir).get("fedsim")
+    if written_by is not None and written_by != __version__:
+        raise ScenarioError(
+            f"{run_dir} was written by fedsim {written_by}, this is fedsim {__version__}: "
+            "a resumed run would not match; start it again with --overwrite"
+        )
+    saved = load_scenario(run_dir / "scenario.yaml")
+    if given is not None:
+        asked = load_scenario(given)
+        if asked.hash() != saved.hash():
+            raise ScenarioError(
+                f"the scenario differs from the one in {run_dir} (hash {asked.hash()} vs "
+                f"{saved.hash()}); resume takes the run directory alone"
+            )
+    return saved
 
 
-def _clear_run_dir(run_dir: Path) -> None:
-    """Remove a previous run's files from ``run_dir`` (never anything else)."""
-    if not run_dir.exists():
-        return
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / f"{name}.parts", ignore_errors=True)
+def _build(
+    scenario: Scenario, device: str | None, run_dir: Path | None, progress: ProgressHook | None
+) -> Simulation:
+    """Build the world; input found wrong only now (a file, its size) is a ScenarioError too."""
+    try:
+        return Simulation(scenario, device=device, run_dir=run_dir, progress=progress)
+    except (ScenarioError, SimulationError):
+        raise
+    except MemoryError:
+        raise ScenarioError(
+            "not enough memory to build this scenario (clients, data or model too large)"
+        ) from None
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ScenarioError(f"{where}{exc.strerror or exc}") from None
+    except Exception as exc:
+        raise SimulationError(f"could not build the run: {type(exc).__name__}: {exc}") from exc

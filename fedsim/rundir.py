@@ -1,0 +1,165 @@
+"""Run directories: which ones fedsim may write into, a lock against two runs at once, clearing.
+
+The rules keep a user's data safe. A directory that is not a fedsim run directory (and not empty) is
+never written into. A directory that holds a run is refused unless the caller asks to overwrite it
+(after everything was built and validated) or to resume it. While a run writes, a lock file with its
+pid keeps a second run out; a lock left by a killed run (its pid gone) is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsim.errors import ScenarioError
+
+MARKER = ".fedsim-run"
+"""Written first into every run directory: fedsim's version and the scenario hash."""
+LOCK = ".fedsim-lock"
+"""Held while a run writes: the owner's pid."""
+TRACE_FILES = ("events.parquet", "evals.parquet")
+RUN_FILES = (*TRACE_FILES, "summary.json", "scenario.yaml", MARKER)
+RUN_DIRS = ("plots", *(f"{name}.parts" for name in TRACE_FILES))
+
+
+def _has_run_files(path: Path) -> bool:
+    """A run directory written before the marker existed: scenario.yaml beside a trace or summary."""
+    if not (path / "scenario.yaml").is_file():
+        return False
+    return any((path / name).exists() for name in (*TRACE_FILES, "summary.json", *RUN_DIRS[1:]))
+
+
+def state(path: Path) -> str:
+    """``missing``, ``empty``, ``run`` (a fedsim run directory) or ``foreign`` (anything else)."""
+    if not path.exists():
+        return "missing"
+    if not path.is_dir():
+        return "foreign"
+    if (path / MARKER).is_file() or _has_run_files(path):
+        return "run"
+    if any(name != LOCK for name in os.listdir(path)):
+        return "foreign"
+    return "empty"
+
+
+def check(path: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse (ScenarioError, before anything is built) a directory this run may not write into."""
+    found = state(path)
+    if found == "foreign":
+        what = "a file" if path.exists() and not path.is_dir() else "not a fedsim run directory"
+        raise ScenarioError(f"{path} is {what}; fedsim never writes into it (choose another --out)")
+    if found == "run" and not (overwrite or resume):
+        raise ScenarioError(
+            f"{path} already holds a run; pass --overwrite to replace it, --resume to continue "
+            "it, or choose another --out"
+        )
+    if resume and found != "run":
+        raise ScenarioError(f"nothing to resume: {path} holds no fedsim run")
+    owner = lock_owner(path)
+    if owner is not None:
+        raise ScenarioError(f"{path} is in use by another fedsim run (pid {owner})")
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    """The marker's fields ({} for a run written before markers, or an unreadable marker)."""
+    try:
+        data = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def lock_owner(path: Path) -> int | None:
+    """The pid of the live run holding ``path``'s lock, or None (no lock, or its owner is gone)."""
+    try:
+        pid = int((path / LOCK).read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, owned by another user
+        return pid
+    return pid
+
+
+@dataclass
+class RunDirLock:
+    """The claim of one run on its directory; :meth:`release` when the run's files are complete."""
+
+    path: Path
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            lock = self.path / LOCK
+            if lock.read_text(encoding="utf-8").split()[0] == str(os.getpid()):
+                lock.unlink()
+
+
+def claim(
+    path: Path, *, scenario_hash: str, overwrite: bool = False, resume: bool = False
+) -> RunDirLock:
+    """Lock ``path``, re-check it under the lock, clear a previous run's files, write the marker.
+
+    Call this only after the run was built and validated: an ``--overwrite`` that fails earlier
+    leaves the previous run untouched.
+    """
+    check(path, overwrite=overwrite, resume=resume)
+    path.mkdir(parents=True, exist_ok=True)
+    _take_lock(path)
+    lock = RunDirLock(path)
+    try:
+        check(path, overwrite=overwrite, resume=resume)  # another run may have finished meanwhile
+        clear(path)
+        from fedsim import __version__
+
+        marker = {
+            "fedsim": __version__,
+            "scenario_hash": scenario_hash,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "pid": os.getpid(),
+        }
+        (path / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _take_lock(path: Path) -> None:
+    lock = path / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = lock_owner(path)
+            if owner is not None:
+                raise ScenarioError(
+                    f"{path} is in use by another fedsim run (pid {owner})"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # left by a run that was killed
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return
+    raise ScenarioError(f"{path} is in use by another fedsim run (its lock file {lock} came back)")
+
+
+def clear(path: Path) -> None:
+    """Remove a previous run's files from ``path`` (only fedsim's own names, nothing else)."""
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(path / name, ignore_errors=True)
+    for leftover in path.glob(".*.tmp-*"):  # a temporary file of a killed run's write
+        leftover.unlink(missing_ok=True)
