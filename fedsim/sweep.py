@@ -3,9 +3,10 @@
 A sweep file names a base scenario, a ``grid`` of dotted scenario keys with the values to try, the
 ``seeds`` and optional fixed overrides (``set``). Every cell is resolved to a validated
 :class:`~fedsim.scenario.Scenario` before anything runs, so a bad key fails at once, and each cell is
-run into ``OUT/cells/<scenario hash>/``: a cell whose directory holds its ``summary.json`` is finished
-and is never recomputed, so an interrupted sweep resumes where it stopped and two sweeps that share a
-cell share its run. ``results.parquet`` (one row per cell × evaluation) is rebuilt from the cell
+run into ``OUT/cells/<scenario hash>/``: a cell whose directory holds its ``summary.json`` and readable
+``events.parquet`` and ``evals.parquet`` is finished and is never recomputed, so an interrupted sweep
+resumes where it stopped and two sweeps that share a cell share its run; a cell whose files were lost
+or damaged is run again (and skipped, with one line, by :func:`collect`). ``results.parquet`` (one row per cell × evaluation) is rebuilt from the cell
 directories at the end, or at any time by :func:`collect`; it holds no wall-clock figure, so it
 depends only on the sweep file, not on ``--jobs``, the backend or interruptions.
 """
@@ -16,21 +17,29 @@ import difflib
 import io
 import itertools
 import json
+import logging
 import math
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
 
 from fedsim.errors import ScenarioError, SimulationError
 from fedsim.scenario import Scenario, load_scenario, read_yaml
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+log = logging.getLogger(__name__)
+"""Damaged cells are reported here (one line each time; plain on stderr when logging is not set up)."""
 
 SWEEP_KEYS = ("name", "base", "grid", "seeds", "set")
 MANIFEST = "sweep.json"
@@ -310,7 +319,16 @@ def run_sweep(
     out = Path(out) if out is not None else default_out(sweep)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / MANIFEST, json.dumps(sweep.manifest(), indent=2))
-    todo = [c for c in sweep.cells if finished_summary(out / c.dir, c.hash) is None]
+    todo: list[Cell] = []
+    damaged: list[str] = []
+    for cell in sweep.cells:
+        summary, problem = cell_state(out / cell.dir, cell.hash)
+        if summary is None:
+            todo.append(cell)
+        if problem is not None:
+            damaged.append(f"{cell.dir} ({problem})")
+    if damaged:
+        _report_damaged(damaged, len(sweep.cells), "run again")
     skipped = len(sweep.cells) - len(todo)
     failed: list[tuple[Cell, str]] = []
     with _progress_bar(sweep, skipped, enabled=progress) as advance:
@@ -359,7 +377,8 @@ def run_cell(scenario: dict[str, Any], cell_dir: str, device: str | None = None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = run(load_scenario(scenario), out=cell_dir, device=device)
+        # overwrite: what a cell directory holds is this cell's earlier, unfinished or damaged run.
+        result = run(load_scenario(scenario), out=cell_dir, device=device, overwrite=True)
     finally:
         torch.set_num_threads(threads)
     return result.summary["scenario_hash"]
@@ -378,10 +397,29 @@ def _run_here(tasks: Sequence[tuple[Cell, Task]], done: Done) -> None:
             done(cell, None)
 
 
-def _init_worker() -> None:
+def _init_worker(lifeline: Connection | None = None) -> None:
+    """One torch thread; and the worker dies with the sweep process, however that ends.
+
+    ``lifeline`` is the read end of a pipe whose only write end the sweep process holds: when that
+    process exits (even by ``kill -9``) the kernel closes it, the read returns end-of-file, and the
+    worker exits at once instead of running its cell to the end and then waiting forever for work.
+    (A pool worker is a child of the forkserver, not of the sweep, so neither its parent pid nor
+    ``PR_SET_PDEATHSIG`` tells it that the sweep died; and the forkserver itself stays up as long as
+    one worker does.)
+    """
     import torch
 
     torch.set_num_threads(1)
+    if lifeline is not None:
+        threading.Thread(
+            target=_exit_when_closed, args=(lifeline,), name="fedsim-lifeline", daemon=True
+        ).start()
+
+
+def _exit_when_closed(lifeline: Connection) -> None:
+    with suppress(EOFError, OSError):
+        lifeline.recv_bytes()  # blocks: the sweep process never writes
+    os._exit(1)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -395,17 +433,25 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 def _run_in_pool(tasks: Sequence[tuple[Cell, Task]], jobs: int, done: Done) -> None:
     workers = min(jobs, len(tasks))
-    with ProcessPoolExecutor(workers, _pool_context(), initializer=_init_worker) as pool:
-        pending: dict[Future[str], Cell] = {pool.submit(run_cell, *t): c for c, t in tasks}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    cell = pending.pop(future)
-                    done(cell, future.exception())
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    context = _pool_context()
+    lifeline, keep_alive = context.Pipe(duplex=False)  # workers get the read end, see _init_worker
+    try:
+        with ProcessPoolExecutor(
+            workers, context, initializer=_init_worker, initargs=(lifeline,)
+        ) as pool:
+            pending: dict[Future[str], Cell] = {pool.submit(run_cell, *t): c for c, t in tasks}
+            try:
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        cell = pending.pop(future)
+                        done(cell, future.exception())
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    finally:  # after the pool is shut down: a worker still running its cell exits now
+        keep_alive.close()
+        lifeline.close()
 
 
 def _error_text(error: BaseException) -> str:
@@ -456,15 +502,69 @@ def _progress_bar(sweep: Sweep, skipped: int, *, enabled: bool) -> Iterator[Call
 
 
 def finished_summary(cell_dir: Path, expected_hash: str) -> dict[str, Any] | None:
-    """The cell's summary if it finished (its summary.json is whole and names its scenario)."""
+    """The cell's summary if it finished and its files are whole (see :func:`cell_state`)."""
+    return cell_state(cell_dir, expected_hash)[0]
+
+
+def cell_state(cell_dir: Path, expected_hash: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(summary, None)`` for a finished cell; ``(None, None)`` for one that never finished (no
+    summary.json: not started, killed, or stopped with ``stop_reason: interrupted``); ``(None,
+    why)`` for a cell that finished but whose files were damaged or lost since.
+
+    A finished cell has a summary.json that parses and names its scenario, and an
+    ``events.parquet`` and ``evals.parquet`` whose Parquet footers read (a file cut short loses its
+    footer), the events holding as many rows as the summary's ``status_counts`` add up to.
+    """
     path = cell_dir / "summary.json"
+    if not path.exists():
+        return None, None
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict) or summary.get("scenario_hash") != expected_hash:
-        return None
-    return summary
+        return None, "summary.json is unreadable"
+    if not isinstance(summary, dict):
+        return None, "summary.json is unreadable"
+    if summary.get("scenario_hash") != expected_hash:
+        return None, f"summary.json is scenario {summary.get('scenario_hash')}'s"
+    if summary.get("stop_reason") == "interrupted":
+        return None, None
+    rows: dict[str, int] = {}
+    for name in ("events.parquet", "evals.parquet"):
+        problem, rows[name] = _parquet_rows(cell_dir / name)
+        if problem is not None:
+            return None, problem
+    counts = summary.get("status_counts")
+    if isinstance(counts, dict) and sum(counts.values()) != rows["events.parquet"]:
+        return None, (
+            f"events.parquet holds {rows['events.parquet']} rows, "
+            f"summary.json counts {sum(counts.values())}"
+        )
+    return summary, None
+
+
+def _parquet_rows(path: Path) -> tuple[str | None, int]:
+    """``(None, rows)`` from a Parquet file's footer, or ``(why it cannot be read, 0)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return f"{path.name} is missing", 0
+    try:
+        return None, pq.read_metadata(path).num_rows
+    except (OSError, ValueError, pa.ArrowException):
+        return f"{path.name} is unreadable", 0
+
+
+def _report_damaged(damaged: list[str], total: int, action: str) -> None:
+    """One line for the cells whose files were damaged after they finished."""
+    shown = "; ".join(damaged[:3]) + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+    log.warning(
+        "warning: %d of %d cells finished but their files are damaged, %s: %s",
+        len(damaged),
+        total,
+        action,
+        shown,
+    )
 
 
 def collect(out: str | Path, *, write: bool = True) -> pd.DataFrame:
@@ -481,6 +581,8 @@ def collect_cells(out: str | Path, *, write: bool = True) -> tuple[pd.DataFrame,
     Rows follow the sweep's cell order, then simulated time. Returns the table, the number of
     finished cells and the number of cells in the sweep.
     """
+    from pyarrow import ArrowException
+
     from fedsim.recorder import read_table
 
     out = Path(out)
@@ -493,17 +595,26 @@ def collect_cells(out: str | Path, *, write: bool = True) -> tuple[pd.DataFrame,
     entries = manifest["cells"]
     cells = _cell_columns(entries)
     frames = []
+    damaged: list[str] = []
     for i, entry in enumerate(entries):
-        summary = finished_summary(out / entry["dir"], entry["hash"])
+        summary, problem = cell_state(out / entry["dir"], entry["hash"])
+        if summary is not None:
+            try:
+                evals = read_table(out / entry["dir"] / "evals.parquet")
+            except (OSError, ValueError, ArrowException):
+                summary, problem = None, "evals.parquet is unreadable"
+        if problem is not None:
+            damaged.append(f"{entry['dir']} ({problem})")
         if summary is None:
             continue
-        evals = read_table(out / entry["dir"] / "evals.parquet")
         evals = evals.drop(columns=[c for c in EVAL_DROPPED if c in evals.columns])
         left = cells.iloc[[i] * len(evals)].reset_index(drop=True)
         right = pd.DataFrame(
             {col: [summary.get(key)] * len(evals) for col, key in SUMMARY_COLUMNS.items()}
         )
         frames.append(pd.concat([left, evals.reset_index(drop=True), right], axis=1))
+    if damaged:
+        _report_damaged(damaged, len(entries), "skipped (`fedsim sweep` runs them again)")
     if frames:
         table = pd.concat(frames, ignore_index=True)
     else:

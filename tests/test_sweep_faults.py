@@ -1,0 +1,227 @@
+"""Sweeps that lose no data (issue 16, item 4), through the CLI in a subprocess.
+
+A finished cell whose files were damaged afterwards runs again (``fedsim sweep``) or is skipped with
+one line (``fedsim collect``); ``kill -9`` of ``fedsim sweep --jobs 2`` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fedsim_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``fedsim ARGS`` in a fresh interpreter running this checkout's fedsim."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+    )
+
+
+def _env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+
+
+def write_sweep(tmp_path: Path, scenario: dict, grid: dict, fixed: dict | None = None) -> Path:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(scenario))
+    spec = {"base": "base.yaml", "grid": grid, "seeds": [0], "set": fixed or {}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_damaged_finished_cells_run_again_and_collect_skips_them(tmp_path, small_learning):
+    path = write_sweep(
+        tmp_path,
+        {**small_learning, "stop": {"time_s": 15}, "clients": {"count": 8}},
+        {"algorithm.name": ["fedasync", "fedbuff"], "clients.stragglers.fraction": [0.0, 0.3]},
+        {"algorithm.concurrency": 3},
+    )
+    out = tmp_path / "out"
+    first = fedsim_cli("sweep", path, "--out", out, "-q")
+    assert first.returncode == 0, first.stderr
+    assert "4 cells (4 run, 0 already finished)" in first.stdout
+    whole = pd.read_parquet(out / "results.parquet")
+    cells = [c["dir"] for c in json.loads((out / "sweep.json").read_text())["cells"]]
+    events = {c: (out / c / "events.parquet").read_bytes() for c in cells}
+
+    # What a kill, a full disk or a user leaves in a cell that had finished.
+    intact, cut_evals, no_events, cut_summary = cells
+    (out / cut_evals / "evals.parquet").write_bytes(
+        (out / cut_evals / "evals.parquet").read_bytes()[:4]
+    )
+    (out / no_events / "events.parquet").unlink()
+    (out / cut_summary / "summary.json").write_bytes(
+        (out / cut_summary / "summary.json").read_bytes()[:4]
+    )
+    intact_mtime = (out / intact / "summary.json").stat().st_mtime_ns
+
+    # collect: exit 0, the intact cell's rows, one line naming the three damaged cells.
+    collected = fedsim_cli("collect", out)
+    assert collected.returncode == 0, collected.stderr
+    assert "1 of 4 cells finished" in collected.stdout
+    warning = collected.stderr.strip().splitlines()
+    assert len(warning) == 1, collected.stderr
+    assert warning[0].startswith("warning: 3 of 4 cells finished but their files are damaged")
+    for cell, what in [
+        (cut_evals, "evals.parquet is unreadable"),
+        (no_events, "events.parquet is missing"),
+        (cut_summary, "summary.json is unreadable"),
+    ]:
+        assert f"{cell} ({what})" in warning[0]
+    partial = pd.read_parquet(out / "results.parquet")
+    pd.testing.assert_frame_equal(
+        partial, whole[whole["cell"] == Path(intact).name].reset_index(drop=True)
+    )
+
+    # sweep: the three run again (into their own directories), the intact one does not.
+    again = fedsim_cli("sweep", path, "--out", out, "-q")
+    assert again.returncode == 0, again.stderr
+    assert "4 cells (3 run, 1 already finished)" in again.stdout
+    assert "3 of 4 cells finished but their files are damaged, run again" in again.stderr
+    assert (out / intact / "summary.json").stat().st_mtime_ns == intact_mtime
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), whole)
+    for cell in cells:  # same seed, same bytes
+        assert (out / cell / "events.parquet").read_bytes() == events[cell], cell
+
+    # Nothing is damaged any more: collect is quiet and counts every cell.
+    final = fedsim_cli("collect", out)
+    assert final.returncode == 0 and final.stderr == ""
+    assert "4 of 4 cells finished" in final.stdout
+
+
+def test_a_cell_whose_trace_was_cut_mid_file_runs_again(tmp_path, small_learning):
+    """A file cut anywhere loses its Parquet footer; the rows the summary counts must be there."""
+    path = write_sweep(
+        tmp_path,
+        {**small_learning, "training": "none", "stop": {"time_s": 30}},
+        {"clients.count": [6, 9]},
+    )
+    out = tmp_path / "out"
+    assert fedsim_cli("sweep", path, "--out", out, "-q").returncode == 0
+    whole = pd.read_parquet(out / "results.parquet")
+    cell = json.loads((out / "sweep.json").read_text())["cells"][1]["dir"]
+    trace = out / cell / "events.parquet"
+    data = trace.read_bytes()
+    trace.write_bytes(data[: len(data) // 2])
+    again = fedsim_cli("sweep", path, "--out", out, "-q")
+    assert again.returncode == 0, again.stderr
+    assert "2 cells (1 run, 1 already finished)" in again.stdout
+    assert f"{cell} (events.parquet is unreadable)" in again.stderr
+    assert trace.read_bytes() == data
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), whole)
+
+
+# ---------------------------------------------------------------------------------------------------
+# kill -9 of a sweep with a process pool
+
+
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """pid → (parent pid, state, start time) of every process, from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        table[int(entry.name)] = (int(fields[1]), fields[0], fields[19])
+    return table
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid → start time of every live descendant of ``pid``."""
+    table = _processes()
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, state, start) in table.items():
+            if ppid == parent and child not in found and state != "Z":
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def _alive(processes: dict[int, str]) -> list[int]:
+    """Those of ``processes`` (pid → start time) still running (not zombies, not a reused pid)."""
+    table = _processes()
+    return [
+        pid
+        for pid, start in processes.items()
+        if pid in table and table[pid][1] != "Z" and table[pid][2] == start
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_kill_9_of_a_sweep_leaves_no_process_running(tmp_path, small_learning):
+    # Cells long enough to be still running when the sweep is killed.
+    path = write_sweep(
+        tmp_path,
+        {**small_learning, "stop": {"time_s": 100_000}},
+        {"clients.count": [10, 11, 12, 13]},
+    )
+    out = tmp_path / "out"
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "sweep",
+            str(path),
+            "--out",
+            str(out),
+            "-j",
+            "2",
+            "-q",
+        ],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # Wait until two workers run cells: forkserver → workers, each with its cell's directory.
+        deadline = time.monotonic() + 180
+        while True:
+            children = _descendants(sweep.pid)
+            started = list(out.glob("cells/*/scenario.yaml"))
+            if len(started) >= 2 and len(children) >= 4:  # resource tracker, forkserver, 2 workers
+                break
+            assert sweep.poll() is None, sweep.stderr.read().decode()
+            assert time.monotonic() < deadline, f"no workers after 180 s: {children}"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the workers are inside their cells
+        children = _descendants(sweep.pid)
+        sweep.send_signal(signal.SIGKILL)
+        sweep.wait(timeout=10)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    assert sweep.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = _alive(children)
+    for pid in survivors:  # leave nothing behind, whatever the assertion says
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == [], f"{len(survivors)} of {len(children)} processes outlived the sweep"
+    # The killed cells did not finish: the next sweep runs them (none is counted as done).
+    assert not list(out.glob("cells/*/summary.json"))
