@@ -2,17 +2,73 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler, PositiveFloat
+from pydantic_core import PydanticCustomError, core_schema
+
+
+def _refuse_bool(kind: str) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            if kind == "int":
+                raise PydanticCustomError("int_type", "Input should be a valid integer")
+            raise PydanticCustomError("float_type", "Input should be a valid number")
+        return value
+
+    return check
+
+
+def _no_bool_numbers(schema: Any) -> Any:
+    """``schema`` with every int and float schema refusing booleans (pydantic's lax mode takes them)."""
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind in ("int", "float") and "function" not in schema:
+            return core_schema.no_info_before_validator_function(_refuse_bool(kind), schema)
+        return {key: _no_bool_numbers(value) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_no_bool_numbers(item) for item in schema]
+    return schema
 
 
 class Section(BaseModel):
-    """A scenario section. Frozen so that code below the parser can trust it never changes."""
+    """A scenario section. Frozen so that code below the parser can trust it never changes.
+
+    Numbers are checked strictly where a lax reading would change what runs: ``true`` is not the
+    integer 1 nor the number 1.0, and no number is NaN or infinite (a field that means something
+    at infinity opts in with ``Field(allow_inf_nan=True)``).
+    """
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        validate_default=True,
+        allow_inf_nan=False,
     )
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        return _no_bool_numbers(handler(source))
+
+
+MIN_PERIOD_S = 1e-6
+"""Shortest duration a timing key may give (a microsecond): a shorter job, period or evaluation
+interval makes the simulated clock crawl (or stall, once it no longer changes a float) while the
+run never ends."""
+
+
+def _resolvable(value: float) -> float:
+    if value < MIN_PERIOD_S:
+        raise ValueError(
+            f"must be >= {MIN_PERIOD_S:g} s (shorter times stall the simulated clock), "
+            f"got {value:g}"
+        )
+    return value
+
+
+Period = Annotated[PositiveFloat, AfterValidator(_resolvable)]
+"""A positive duration in seconds, at least :data:`MIN_PERIOD_S`."""
 
 
 class DefaultTag:

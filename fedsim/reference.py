@@ -22,7 +22,7 @@ from typing import Any, Literal
 import annotated_types as at
 from pydantic.fields import FieldInfo
 
-from fedsim.config_base import DefaultTag, Section
+from fedsim.config_base import MIN_PERIOD_S, DefaultTag, Section, _resolvable
 from fedsim.scenario import Scenario
 
 UNITS = {"_s": "s", "_ms": "ms", "_mbps": "Mbit/s", "_bytes": "bytes"}
@@ -159,6 +159,8 @@ def _bounds_text(metadata: list[Any]) -> list[str]:
             parts.append(f"length ≤ {m.max_length}")
         elif isinstance(m, at.MultipleOf):
             parts.append(f"multiple of {_num(m.multiple_of)}")
+        elif getattr(m, "func", None) is _resolvable:  # config_base.Period
+            parts = [p for p in parts if not p.startswith(">")] + [f"≥ {MIN_PERIOD_S:g}"]
     return parts
 
 

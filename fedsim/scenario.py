@@ -26,7 +26,7 @@ from pydantic import (
 
 from fedsim.algorithms import AlgorithmConfig
 from fedsim.algorithms.fedasync import FedAsyncConfig
-from fedsim.config_base import DefaultTag, Section
+from fedsim.config_base import DefaultTag, Period, Section
 from fedsim.errors import ScenarioError
 from fedsim.learning.data import DataConfig
 from fedsim.learning.models import Model, ModelConfig
@@ -44,6 +44,9 @@ from fedsim.timing import (
 )
 from fedsim.topology import TopologyConfig
 from fedsim.yamlio import load_yaml, read_yaml_file
+
+MAX_EVALS = 10_000_000
+"""Most evaluations a run may schedule (stop.time_s / eval.every_s)."""
 
 
 class StopConfig(Section):
@@ -84,14 +87,14 @@ class ClientsConfig(Section):
 class EvalConfig(Section):
     """Evaluation of the global model on the held-out set (costs no simulated time)."""
 
-    every_s: PositiveFloat = 10.0
+    every_s: Period = 10.0
     """Simulated seconds between evaluations (one more is made at the end)."""
 
 
 class OutputConfig(Section):
     """Where the run directory goes."""
 
-    dir: str = "runs/{name}"
+    dir: str = Field("runs/{name}", min_length=1)
     """Run directory; ``{name}`` is replaced by the scenario name."""
     flush_rows: PositiveInt = 200_000
     """Trace rows kept in memory before a chunk is written to disk."""
@@ -139,6 +142,17 @@ class Scenario(Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     """Output location."""
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # The name becomes a directory under runs/: it must stay one directory there.
+        if not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0"):
+            raise ValueError(
+                f"must be a non-empty name without '/', '\\' or '..' (it names the run "
+                f"directory), got {json.dumps(value)}"
+            )
+        return value
+
     @field_validator("training", mode="before")
     @classmethod
     def _none_means_timing_only(cls, value: Any) -> Any:
@@ -169,6 +183,21 @@ class Scenario(Section):
                 f"algorithm.buffer_size ({algo.buffer_size}) > concurrency ({algo.concurrency}) "
                 "with dispatch_policy after_aggregation never fills the buffer"
             )
+        stop = self.stop
+        if self.training is None and stop.time_s is None and stop.max_updates is None:
+            raise ScenarioError(
+                "the only stop condition, but training is none (a timing-only run measures no "
+                "accuracy, so it would never stop); set stop.time_s or stop.max_updates",
+                path="stop.target_accuracy",
+            )
+        if stop.time_s is not None and stop.time_s / self.eval.every_s > MAX_EVALS:
+            raise ScenarioError(
+                f"{stop.time_s:g} s / {self.eval.every_s:g} s makes "
+                f"{stop.time_s / self.eval.every_s:.3g} evaluations (at most {MAX_EVALS:,}); "
+                "evaluate less often",
+                path="eval.every_s",
+            )
+        self._check_byzantine()
         check = getattr(algo, "check_scenario", None)
         if check is not None:  # an algorithm's own cross-section rules (so `validate` sees them)
             check(self)
@@ -182,6 +211,32 @@ class Scenario(Section):
                 n = self.byzantine.window if self.byzantine is not None else 10
             check_krum(n, f=agg.f, m=agg.m)
         return self
+
+    def _check_byzantine(self) -> None:
+        """At least one honest client (server-side attacks imitate the honest rows), and listed
+        clients exist."""
+        byz = self.byzantine
+        if byz is None:
+            return
+        n = self.clients.count
+        if byz.clients is not None:
+            bad = [c for c in byz.clients if c >= n]
+            if bad:
+                raise ScenarioError(
+                    f"client index {bad[0]} out of range (clients.count {n})",
+                    path="byzantine.clients",
+                )
+            if len(set(byz.clients)) >= n:
+                raise ScenarioError(
+                    f"all {n} clients are listed: at least one must stay honest",
+                    path="byzantine.clients",
+                )
+        elif round(byz.fraction * n) >= n:
+            raise ScenarioError(
+                f"{byz.fraction:g} of {n} clients makes all {n} Byzantine (round(fraction·count)); "
+                f"at most {n - 1} may be, so keep fraction below {(n - 0.5) / n:g}",
+                path="byzantine.fraction",
+            )
 
     # -- derived -----------------------------------------------------------------------------------------
     @property
@@ -260,7 +315,9 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
                     f"{below}; drop one of them",
                     path=path,
                 )
-    result = dict(data)  # copied along each override's path only: shared (aliased) parts stay shared
+    result = dict(
+        data
+    )  # copied along each override's path only: shared (aliased) parts stay shared
     ordered = sorted(overrides.items(), key=lambda kv: kv[0].rsplit(".", 1)[-1] not in TAG_KEYS)
     for path, value in ordered:
         node = result
@@ -352,6 +409,7 @@ def scenario_error(exc: ValidationError, data: Any) -> ScenarioError:
         "model_attributes_type": lambda: "must be a mapping of keys",
         "dict_type": lambda: "must be a mapping of keys",
         "finite_number": lambda: "must be a finite number",
+        "string_too_short": lambda: "must not be empty",
     }
     if kind in messages:
         message = messages[kind]()
@@ -367,7 +425,7 @@ def scenario_error(exc: ValidationError, data: Any) -> ScenarioError:
 def _show(value: Any) -> str | None:
     if isinstance(value, dict):
         return None
-    text = json.dumps(value) if isinstance(value, (str, type(None))) else repr(value)
+    text = json.dumps(value) if isinstance(value, (str, bool, type(None))) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, PositiveFloat, model_validator
 
-from fedsim.config_base import DefaultTag, Section
+from fedsim.config_base import DefaultTag, Period, Section
 from fedsim.rng import BlockSampler, SeedStreams
 
 # ---------------------------------------------------------------------------------------------------
@@ -25,7 +25,7 @@ class ConstantDelay(Section):
 
     dist: Literal["constant"] = "constant"
     """Selects this variant."""
-    mean_s: PositiveFloat = 5.0
+    mean_s: Period = 5.0
     """Duration of every job, in seconds."""
 
     @property
@@ -45,7 +45,7 @@ class ExponentialDelay(Section):
 
     dist: Literal["exponential"] = "exponential"
     """Selects this variant."""
-    mean_s: PositiveFloat = 5.0
+    mean_s: Period = 5.0
     """Mean duration, in seconds."""
 
     @property
@@ -65,7 +65,7 @@ class LognormalDelay(Section):
 
     dist: Literal["lognormal"] = "lognormal"
     """Selects this variant."""
-    mean_s: PositiveFloat = 5.0
+    mean_s: Period = 5.0
     """Mean duration, in seconds."""
     sigma: float = Field(0.5, ge=0)
     """Standard deviation of log(duration); 0 gives constant durations."""
@@ -93,7 +93,7 @@ class UniformDelay(Section):
     """Selects this variant."""
     low_s: float = Field(1.0, ge=0)
     """Shortest duration, in seconds."""
-    high_s: PositiveFloat = 9.0
+    high_s: Period = 9.0
     """Longest duration, in seconds (must be > low_s)."""
 
     @model_validator(mode="after")
@@ -123,7 +123,7 @@ class ShiftedExponentialDelay(Section):
     """Selects this variant."""
     shift_s: float = Field(2.5, ge=0)
     """Minimum duration, in seconds."""
-    exp_mean_s: PositiveFloat = 2.5
+    exp_mean_s: Period = 2.5
     """Mean of the exponential part, in seconds (total mean = shift_s + exp_mean_s)."""
 
     @property
@@ -145,7 +145,7 @@ class ParetoDelay(Section):
     """Selects this variant."""
     shape: float = Field(3.0, gt=1)
     """Tail index alpha (> 1 so the mean is finite; > 2 for a finite variance)."""
-    scale_s: PositiveFloat = 1.0
+    scale_s: Period = 1.0
     """Minimum duration, in seconds."""
 
     @property

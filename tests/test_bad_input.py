@@ -273,3 +273,125 @@ def test_training_none_then_training_key_is_refused(tmp_path, capsys):
     assert line == (
         "byzantine: one override sets it to null, another sets byzantine.fraction; drop one of them"
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scenarios that validate but would never finish, and silent coercions
+
+NEVER_FINISH_AND_COERCIONS = [
+    ("inf horizon", "stop: {time_s: .inf}", "stop.time_s: must be a finite number, got inf"),
+    ("1e400 horizon", "stop: {time_s: 1e400}", 'stop.time_s: must be a finite number, got "1e400"'),
+    ("nan lr", "training: {lr: .nan}", "training.lr: must be a finite number, got nan"),
+    (
+        "accuracy never measured",
+        "training: none\nstop: {time_s: null, target_accuracy: 0.9}",
+        "stop.target_accuracy: the only stop condition, but training is none (a timing-only run "
+        "measures no accuracy, so it would never stop); set stop.time_s or stop.max_updates",
+    ),
+    (
+        "tiny eval period",
+        "eval: {every_s: 1e-300}",
+        "eval.every_s: must be >= 1e-06 s (shorter times stall the simulated clock), got 1e-300",
+    ),
+    (
+        "too many evaluations",
+        "stop: {time_s: 1.0e+6}\neval: {every_s: 0.01}",
+        "eval.every_s: 1e+06 s / 0.01 s makes 1e+08 evaluations (at most 10,000,000); "
+        "evaluate less often",
+    ),
+    (
+        "tiny constant compute",
+        "clients: {compute: {dist: constant, mean_s: 1e-300}}",
+        "clients.compute.mean_s: must be >= 1e-06 s (shorter times stall the simulated clock), "
+        "got 1e-300",
+    ),
+    (
+        "tiny fedfix period",
+        "algorithm: {name: fedfix, period_s: 1e-300}",
+        "algorithm.period_s: must be >= 1e-06 s (shorter times stall the simulated clock), "
+        "got 1e-300",
+    ),
+    (
+        "infinite compute",
+        "clients: {compute: {mean_s: .inf}}",
+        "clients.compute.mean_s: must be a finite number, got inf",
+    ),
+    ("bool count", "clients: {count: true}", "clients.count: must be an integer, got true"),
+    ("bool lr", "training: {lr: true}", "training.lr: must be a number, got true"),
+    (
+        "bool in a list",
+        "model: {hidden: [8, false]}",
+        "model.hidden.1: must be an integer, got false",
+    ),
+    (
+        "cohort above count",
+        "clients: {count: 10}\nalgorithm: {name: fedavg, cohort_size: 50}",
+        "algorithm.cohort_size: cohort_size (50) > clients.count (10): a round could never gather "
+        "its cohort",
+    ),
+    (
+        "name climbs out of runs",
+        "name: ../../x",
+        "name: must be a non-empty name without '/', '\\' or '..' (it names the run directory), "
+        'got "../../x"',
+    ),
+    (
+        "name with a backslash",
+        "name: 'a\\b'",
+        "name: must be a non-empty name without '/', '\\' or '..' (it names the run directory), "
+        'got "a\\\\b"',
+    ),
+    ("empty output dir", "output: {dir: ''}", 'output.dir: must not be empty, got ""'),
+    (
+        "all clients byzantine",
+        "clients: {count: 10}\nbyzantine: {fraction: 0.99, attack: {name: alie}}",
+        "byzantine.fraction: 0.99 of 10 clients makes all 10 Byzantine (round(fraction·count)); "
+        "at most 9 may be, so keep fraction below 0.95",
+    ),
+    (
+        "all clients listed byzantine",
+        "clients: {count: 2}\nbyzantine: {clients: [0, 1], attack: {name: ipm}}",
+        "byzantine.clients: all 2 clients are listed: at least one must stay honest",
+    ),
+    (
+        "byzantine index out of range",
+        "clients: {count: 2}\nbyzantine: {clients: [7]}",
+        "byzantine.clients: client index 7 out of range (clients.count 2)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [c[1:] for c in NEVER_FINISH_AND_COERCIONS],
+    ids=[c[0] for c in NEVER_FINISH_AND_COERCIONS],
+)
+def test_refused_at_validation(tmp_path, capsys, text, expected):
+    path = tmp_path / "s.yaml"
+    path.write_text(text + "\n")
+    line, api = _refused(path, capsys)
+    assert line == api == expected
+
+
+def test_finite_and_strict_numbers_through_overrides(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\n")
+    line, _ = _refused(path, capsys, "stop.time_s=.inf")
+    assert line == "stop.time_s: must be a finite number, got inf"
+    line, _ = _refused(path, capsys, "clients.count=true")
+    assert line == "clients.count: must be an integer, got true"
+
+
+def test_legitimate_values_still_pass():
+    ok = fedsim.load_scenario(
+        {
+            "clients": {"count": 10, "compute": {"dist": "constant", "mean_s": 1e-6}},
+            "byzantine": {"fraction": 0.9, "attack": {"name": "scaling", "factor": float("inf")}},
+            "algorithm": {"name": "fedavg", "cohort_size": 10},
+            "eval": {"every_s": 1e-4},
+            "stop": {"time_s": 100},
+        }
+    )
+    assert ok.byzantine.attack.factor == float("inf")
+    assert fedsim.load_scenario({"training": "none", "stop": {"target_accuracy": 0.5}})
+    assert fedsim.load_scenario({"name": "a.b-c_1"}).name == "a.b-c_1"

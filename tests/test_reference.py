@@ -136,7 +136,7 @@ def test_the_docstring_check_catches_a_missing_docstring():
 @pytest.mark.parametrize(
     ("path", "unit", "allowed"),
     [
-        ("clients.compute.mean_s", "s", "> 0"),
+        ("clients.compute.mean_s", "s", "≥ 1e-06"),
         ("clients.network.bandwidth_mbps", "Mbit/s", "> 0"),
         ("data.test_fraction", "", "> 0, < 1"),
         ("algorithm.weighting", "", "`data_size`, `uniform`"),

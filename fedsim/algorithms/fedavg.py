@@ -20,7 +20,8 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from fedsim.algorithms.base import Algorithm, weighted_sum
 from fedsim.clients import Job
-from fedsim.config_base import Section
+from fedsim.config_base import Period, Section
+from fedsim.errors import ScenarioError
 
 
 class FedAvgConfig(Section):
@@ -30,7 +31,7 @@ class FedAvgConfig(Section):
     """Selects this variant."""
     cohort_size: PositiveInt = 10
     """Clients whose reports are averaged each round."""
-    deadline_s: PositiveFloat | None = None
+    deadline_s: Period | None = None
     """Round deadline in simulated seconds; reports after it are recorded as late. null = wait for all."""
     over_selection: float = Field(0.0, ge=0)
     """Dispatch ceil(cohort_size·(1+x)) clients, keep the first cohort_size reports, cancel the rest."""
@@ -40,6 +41,14 @@ class FedAvgConfig(Section):
     """Server learning rate η_g applied to the averaged update (1 = classic FedAvg)."""
     weighting: Literal["data_size", "uniform"] = "data_size"
     """Weights of the reports: by the client's number of samples, or equal."""
+
+    def check_scenario(self, scenario: Any) -> None:
+        if self.cohort_size > scenario.clients.count:
+            raise ScenarioError(
+                f"cohort_size ({self.cohort_size}) > clients.count ({scenario.clients.count}): "
+                "a round could never gather its cohort",
+                path="algorithm.cohort_size",
+            )
 
 
 class FedAvg(Algorithm):

@@ -22,7 +22,7 @@ from pydantic import PositiveFloat
 
 from fedsim.algorithms.fraboni import FraboniAlgorithm, Weighting
 from fedsim.clients import Job
-from fedsim.config_base import Section
+from fedsim.config_base import Period, Section
 
 AFTER_ARRIVALS = 2
 """SimPy priority of a tick: after every event of the same instant (NORMAL is 1), so an update that
@@ -34,7 +34,7 @@ class FedFixConfig(Section):
 
     name: Literal["fedfix"] = "fedfix"
     """Selects this variant."""
-    period_s: PositiveFloat = 1.0
+    period_s: Period = 1.0
     """Δt: simulated seconds between aggregations (the paper's FedFix-0.2/0.5/0.8 with τ_i ≤ 1)."""
     server_lr: PositiveFloat = 1.0
     """Server learning rate η_g (1 in every experiment of the paper)."""

@@ -40,7 +40,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 from fedsim.algorithms.base import EvalTarget, weighted_sum
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
 from fedsim.clients import Job
-from fedsim.config_base import Section
+from fedsim.config_base import Period, Section
 from fedsim.errors import ScenarioError
 
 
@@ -72,16 +72,16 @@ class ModestConfig(Section):
     """a: the first a peers of the round's sample also aggregate (a <= s)."""
     success_fraction: float = Field(1.0, gt=0, le=1)
     """sf: an aggregator averages as soon as it holds ceil(sf·|S_k|) trained models."""
-    aggregation_timeout_s: PositiveFloat = 5.0
+    aggregation_timeout_s: Period = 5.0
     """Seconds after its first model of a round after which an aggregator averages what it has."""
     min_models: PositiveInt = 1
     """Fewest models an aggregator averages at its timeout (fewer: it drops the round)."""
-    ping_timeout_s: PositiveFloat = 5.0
+    ping_timeout_s: Period = 5.0
     """Seconds before an unanswered ping marks a candidate as unavailable."""
     inactivity_threshold: NonNegativeInt | None = 50
     """A peer that fails a ping and was last heard from more than this many rounds ago leaves the
     view (it rejoins when it is up again); null keeps every peer in the view."""
-    round_timeout_s: PositiveFloat = 30.0
+    round_timeout_s: Period = 30.0
     """Seconds after a round's models were sent after which, if no next round has started, the
     live peer holding the newest model restarts with the next round (inferred liveness rule)."""
     weighting: Literal["uniform", "data_size"] = "uniform"

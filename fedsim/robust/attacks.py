@@ -229,8 +229,8 @@ class ScalingConfig(Section):
 
     stage: ClassVar[Stage] = "client"
     name: Literal["scaling"] = "scaling"
-    factor: float = 10.0
-    """Send factor · Δ."""
+    factor: float = Field(10.0, allow_inf_nan=True)
+    """Send factor · Δ (±.inf sends an infinite update, which screening must reject)."""
 
 
 class GaussianConfig(Section):
