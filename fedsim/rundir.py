@@ -51,6 +51,9 @@ def state(path: Path) -> str:
 def check(path: Path, *, overwrite: bool = False, resume: bool = False) -> None:
     """Refuse (ScenarioError, before anything is built) a directory this run may not write into."""
     found = state(path)
+    owner = lock_owner(path) if found in ("run", "empty") else None
+    if owner is not None:
+        raise ScenarioError(f"{path} is in use by another fedsim run (pid {owner})")
     if found == "foreign":
         what = "a file" if path.exists() and not path.is_dir() else "not a fedsim run directory"
         raise ScenarioError(f"{path} is {what}; fedsim never writes into it (choose another --out)")
@@ -61,9 +64,6 @@ def check(path: Path, *, overwrite: bool = False, resume: bool = False) -> None:
         )
     if resume and found != "run":
         raise ScenarioError(f"nothing to resume: {path} holds no fedsim run")
-    owner = lock_owner(path)
-    if owner is not None:
-        raise ScenarioError(f"{path} is in use by another fedsim run (pid {owner})")
 
 
 def read_marker(path: Path) -> dict[str, Any]:
