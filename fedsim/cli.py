@@ -155,10 +155,12 @@ def _print_summary(summary: dict) -> None:
 @click.argument("scenario_file", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 def validate(scenario_file: Path, overrides: tuple[str, ...]) -> None:
-    """Check SCENARIO_FILE without running it."""
+    """Check SCENARIO_FILE without running it: everything a run checks before it trains."""
+    from fedsim.checks import check_runnable
     from fedsim.scenario import load_scenario
 
     scenario = load_scenario(scenario_file, overrides)
+    check_runnable(scenario)
     click.echo(f"ok: {scenario.name} ({scenario.algorithm.name}, hash {scenario.hash()})")
 
 

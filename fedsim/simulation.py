@@ -26,6 +26,7 @@ from simpy.core import EmptySchedule, StopSimulation
 from fedsim import rundir
 from fedsim.algorithms import ALGORITHMS
 from fedsim.algorithms.base import ServerModel
+from fedsim.checks import check_runnable
 from fedsim.clients import ClientPool, Job
 from fedsim.errors import ScenarioError, SimulationError
 from fedsim.interrupts import stop_on_signals
@@ -80,6 +81,7 @@ class Simulation:
         run_dir: Path | None = None,
         progress: ProgressHook | None = None,
     ) -> None:
+        check_runnable(scenario)  # what `fedsim validate` checks, so validate = run
         self.scenario = scenario
         self.device = resolve_device(device)
         self.run_dir = run_dir

@@ -395,3 +395,227 @@ def test_legitimate_values_still_pass():
     assert ok.byzantine.attack.factor == float("inf")
     assert fedsim.load_scenario({"training": "none", "stop": {"target_accuracy": 0.5}})
     assert fedsim.load_scenario({"name": "a.b-c_1"}).name == "a.b-c_1"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data files and sizes: `fedsim validate` and the run (Simulation) refuse them alike
+
+
+def _idx(path: Path, array, gz: bool = False, dtype: int = 0x08) -> None:
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array)
+    header = bytes([0, 0, dtype, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _mnist(folder: Path, n_train=20, n_labels=None, shape=(28, 28), labels_max=10, gz=False):
+    import numpy as np
+
+    from fedsim.learning.data import IDX_FILES
+
+    rng = np.random.default_rng(0)
+    n_labels = n_train if n_labels is None else n_labels
+    arrays = (
+        rng.integers(0, 256, (n_train, *shape)),
+        rng.integers(0, labels_max, n_labels),
+        rng.integers(0, 256, (6, 28, 28)),
+        rng.integers(0, 10, 6),
+    )
+    for name, array in zip(IDX_FILES, arrays, strict=True):
+        _idx(folder / name, array, gz)
+
+
+def _refused_by_validate_and_run(tmp_path, capsys, text: str) -> str:
+    """validate exits 2 with one line; Simulation raises the same ScenarioError."""
+    path = tmp_path / "data.yaml"
+    path.write_text(text)
+    line = _one_line_error(["validate", str(path)], capsys)
+    scenario = fedsim.load_scenario(path)
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.Simulation(scenario, device="cpu")
+    assert str(info.value) == line
+    return line
+
+
+MNIST = (
+    "data: {{dataset: mnist_idx, path: {path}, partition: {{kind: iid}}}}\nclients: {{count: 4}}\n"
+)
+
+
+def test_idx_image_and_label_counts_must_match(tmp_path, capsys):
+    _mnist(tmp_path, n_train=20, n_labels=15)
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    images, labels = tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"
+    assert line == f"data.path: {images} holds 20 images but {labels} holds 15 labels"
+
+
+def test_idx_labels_out_of_range(tmp_path, capsys):
+    _mnist(tmp_path, labels_max=200)
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    assert line.startswith(f"data.path: {tmp_path / 'train-labels-idx1-ubyte'}: label ")
+    assert line.endswith("is outside 0..9")
+
+
+def test_idx_wrong_image_shape(tmp_path, capsys):
+    _mnist(tmp_path, shape=(32, 32))
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    assert line == (
+        f"data.path: {tmp_path / 'train-images-idx3-ubyte'} holds images of shape (32, 32), "
+        "expected 28×28"
+    )
+
+
+def test_idx_truncated_file(tmp_path, capsys):
+    _mnist(tmp_path)
+    images = tmp_path / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-5])
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    assert line == f"data.path: {images} holds 15691 bytes, its header says 15696"
+
+
+def test_gz_that_is_not_gzip(tmp_path, capsys):
+    _mnist(tmp_path, gz=True)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(b"this is not gzip at all")
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    assert line.startswith(f"data.path: {labels} is not a valid gzip file (")
+
+
+def test_cifar_pickles_of_random_bytes(tmp_path, capsys):
+    import numpy as np
+
+    from fedsim.learning.data import CIFAR10_FILES
+
+    for name in CIFAR10_FILES:
+        (tmp_path / name).write_bytes(np.random.default_rng(1).bytes(4000))
+    text = f"data: {{dataset: cifar10, path: {tmp_path}}}\nclients: {{count: 2}}\n"
+    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    assert (
+        line
+        == f"data.path: {tmp_path / 'data_batch_1'} is not a CIFAR-10 batch (not a python pickle)"
+    )
+
+
+def test_cifar_pickle_damaged_inside(tmp_path, capsys):
+    import pickle
+
+    from fedsim.learning.data import CIFAR10_FILES
+
+    for name in CIFAR10_FILES:
+        payload = pickle.dumps({b"data": b"x" * 3072 * 4, b"labels": [1, 2, 3, 4]})
+        (tmp_path / name).write_bytes(payload[: len(payload) // 2])
+    scenario = fedsim.load_scenario(
+        {"data": {"dataset": "cifar10", "path": str(tmp_path)}, "clients": {"count": 2}}
+    )
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.Simulation(scenario, device="cpu")
+    assert str(info.value).startswith(
+        f"data.path: {tmp_path / 'data_batch_1'} is not a CIFAR-10 batch (cannot unpickle it: "
+    )
+
+
+def test_cache_dir_that_is_a_file(tmp_path, capsys):
+    pytest.importorskip("mnist1d")
+    cache = tmp_path / "cache"
+    cache.write_text("a file")
+    text = f"data: {{dataset: mnist1d, cache_dir: {cache}}}\nclients: {{count: 2}}\n"
+    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    assert line == (
+        f"data.cache_dir: {cache} is a file, not a folder: cannot cache datasets under {cache}"
+    )
+
+
+def test_more_clients_than_samples_is_caught_by_validate(tmp_path, capsys):
+    line = _refused_by_validate_and_run(tmp_path, capsys, "clients: {count: 5000}\n")
+    assert line == (
+        "clients.count: 5000 clients for the 1438 training samples of digits: every client "
+        "needs at least one"
+    )
+
+
+def test_missing_data_path_is_caught_by_validate(tmp_path, capsys):
+    text = f"data: {{dataset: mnist_idx, path: {tmp_path / 'nowhere'}}}\n"
+    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    assert line.startswith("data.path: missing local dataset file(s): ")
+
+
+def test_sizes_that_cannot_fit_name_the_memory(tmp_path, capsys):
+    from fedsim.checks import check_memory
+
+    line = _refused_by_validate_and_run(
+        tmp_path, capsys, "training: none\nclients: {count: 1000000000000}\n"
+    )
+    assert line.startswith("clients.count: 1,000,000,000,000 clients need about 256 TB of memory")
+    line = _refused_by_validate_and_run(tmp_path, capsys, "model: {hidden: [100000000000]}\n")
+    assert line.startswith("model: the model has 7,500,000,000,010 parameters: 30 TB each copy")
+    # The bound is the machine's memory: a small model fits, a 10 kB machine refuses it.
+    small = fedsim.load_scenario({"model": {"hidden": [8]}})
+    check_memory(small, 4 * 600)
+    with pytest.raises(fedsim.ScenarioError, match="more than this machine's 10 kB"):
+        check_memory(small, 4 * 600, available=10_000)
+
+
+# ---------------------------------------------------------------------------------------------------
+# validate = run: algorithm and topology rules
+
+
+TOPOLOGY_CASES = [
+    (
+        "dfl without topology",
+        "training: none\nalgorithm: {name: dfl}\n",
+        "topology: algorithm dfl needs a topology: section (servers, graph, mixing)",
+    ),
+    (
+        "dsgd two clients per server",
+        "training: none\nalgorithm: {name: dsgd}\ntopology: {servers: 4, clients_per_server: 2}\n",
+        "topology.clients_per_server: dsgd peers train on their own data: every server needs "
+        "exactly one client (clients_per_server: 1)",
+    ),
+    (
+        "drpga with dropout",
+        "algorithm: {name: drpga}\nclients: {dropout: {prob: 0.1}}\n",
+        "clients.dropout.prob: drpga averages every client every round; set clients.dropout.prob "
+        "to 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in TOPOLOGY_CASES], ids=[c[0] for c in TOPOLOGY_CASES]
+)
+def test_algorithm_rules_are_validation_errors(tmp_path, capsys, text, expected):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    line, api = _refused(path, capsys)
+    assert line == api == expected
+
+
+def test_disconnected_graph_and_bad_mixing_files_are_caught_by_validate(tmp_path, capsys):
+    edges = tmp_path / "edges.txt"
+    edges.write_text("0 1\n2 3\n")
+    text = (
+        "training: none\nalgorithm: {name: dfl}\n"
+        f"topology: {{servers: 4, clients_per_server: 1, graph: {{kind: from_file, path: {edges}}}}}\n"
+    )
+    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    assert line.startswith("topology.graph: ")
+    assert "connected" in line
+    mixing = tmp_path / "w.txt"
+    mixing.write_text("0.5 0.5\n0.5 0.4\n")
+    text = (
+        "training: none\nalgorithm: {name: dfl}\n"
+        "topology: {servers: 2, clients_per_server: 1, graph: complete, "
+        f"mixing: {{kind: from_file, path: {mixing}}}}}\n"
+    )
+    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    assert line.startswith("topology.mixing")
+    assert "row 1 sums to 0.9" in line

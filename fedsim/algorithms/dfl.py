@@ -28,6 +28,7 @@ from pydantic import NonNegativeInt, PositiveInt
 
 from fedsim.algorithms.gossip import received_mixing
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
+from fedsim.checks import needs_topology
 from fedsim.clients import Job
 from fedsim.config_base import Section
 
@@ -43,6 +44,10 @@ class DFLConfig(Section):
     """Stop the run after this many epochs (null: run until the scenario's stop)."""
     weighting: Literal["uniform", "data_size"] = "uniform"
     """How a server averages its clients: 1/N each (the paper's objective) or by data size."""
+
+    def check_scenario(self, scenario: Any) -> None:
+        """Run by scenario validation: DFL needs servers linked by a topology."""
+        needs_topology(self.name, scenario)
 
 
 class DFL(MultiServerAlgorithm):

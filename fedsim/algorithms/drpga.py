@@ -79,6 +79,18 @@ class DrpgaConfig(Section):
             raise ValueError(f"rates must be strictly increasing, got {rates}")
         return rates
 
+    def check_scenario(self, scenario: Any) -> None:
+        """Run by scenario validation: one server, every client every round."""
+        if scenario.topology is not None:
+            raise ScenarioError(
+                "drpga runs with one server; remove the topology section", path="topology"
+            )
+        if scenario.clients.dropout.prob > 0:
+            raise ScenarioError(
+                "drpga averages every client every round; set clients.dropout.prob to 0",
+                path="clients.dropout.prob",
+            )
+
     @model_validator(mode="after")
     def _walk(self) -> DrpgaConfig:
         if self.start_level >= len(self.rates):

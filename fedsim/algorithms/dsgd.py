@@ -50,6 +50,7 @@ from pydantic import Field, PositiveInt
 from fedsim.algorithms.base import EvalTarget
 from fedsim.algorithms.gossip import RSchedule, random_r_matrix, received_mixing, received_row
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
+from fedsim.checks import needs_topology
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
@@ -100,6 +101,10 @@ class DSGDConfig(Section):
     for the model it holds now and mix the replies (one link latency for the request, then the
     model; merges still wait). The job row's staleness is the largest round gap to a mixed
     neighbour model (always 0 with wait)."""
+
+    def check_scenario(self, scenario: Any) -> None:
+        """Run by scenario validation: peers with one client each, linked by a topology."""
+        needs_topology(self.name, scenario, one_client_each=True)
 
 
 @dataclass(frozen=True, slots=True)

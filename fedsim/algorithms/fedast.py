@@ -34,6 +34,7 @@ from fedsim.algorithms.multitask import (
     check_tasks,
 )
 from fedsim.algorithms.realloc import dispersion, reallocate, split_proportional
+from fedsim.checks import at_most_clients
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
@@ -77,6 +78,12 @@ class FedAstConfig(Section):
     def check_scenario(self, scenario: Any) -> None:
         """Run by scenario validation: sections FedAST/Sync-ST cannot use, an empty task list."""
         check_multitask_scenario(self, scenario)
+        at_most_clients(
+            self.concurrency,
+            scenario,
+            "concurrency",
+            f"{self.concurrency} requests in flight need that many clients",
+        )
 
     @model_validator(mode="before")
     @classmethod

@@ -39,6 +39,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 
 from fedsim.algorithms.base import EvalTarget, weighted_sum
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
+from fedsim.checks import needs_topology
 from fedsim.clients import Job
 from fedsim.config_base import Period, Section
 from fedsim.errors import ScenarioError
@@ -88,6 +89,16 @@ class ModestConfig(Section):
     """Weights in an aggregate: equal, or by each trainer's number of samples."""
     crash: CrashConfig = Field(default_factory=CrashConfig)
     """A fraction of the peers crashing at a given time (e.g. 80 % mid-run)."""
+
+    def check_scenario(self, scenario: Any) -> None:
+        """Run by scenario validation: peers with one client each, talking over topology.link."""
+        needs_topology(self.name, scenario, one_client_each=True)
+        network = scenario.clients.network
+        if network.latency_s > 0 or network.bandwidth_mbps is not None:
+            raise ScenarioError(
+                "modest peers talk over topology.link; leave clients.network at its default",
+                path="clients.network",
+            )
 
     @model_validator(mode="after")
     def _sizes(self) -> ModestConfig:

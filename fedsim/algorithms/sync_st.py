@@ -23,6 +23,7 @@ from fedsim.algorithms.multitask import (
     check_tasks,
 )
 from fedsim.algorithms.realloc import split_proportional
+from fedsim.checks import at_most_clients
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
@@ -49,6 +50,12 @@ class SyncStConfig(Section):
     def check_scenario(self, scenario: Any) -> None:
         """Run by scenario validation: sections FedAST/Sync-ST cannot use, an empty task list."""
         check_multitask_scenario(self, scenario)
+        at_most_clients(
+            self.clients_per_round,
+            scenario,
+            "clients_per_round",
+            f"{self.clients_per_round} clients per round",
+        )
 
     @model_validator(mode="after")
     def _check(self) -> SyncStConfig:

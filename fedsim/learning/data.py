@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,6 +345,20 @@ def mnist1d_arrays(cache_dir: Path, **overrides: Any) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _check_cache_dir(cache: Path, *, given: bool) -> None:
+    """The cache folder (or the nearest existing parent) must be a folder."""
+    key = "data.cache_dir" if given else "data.dataset"
+    for folder in (cache, *cache.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ScenarioError(
+                    f"{folder} is a file, not a folder: cannot cache datasets under {cache}",
+                    path=key,
+                    value=str(cache),
+                )
+            return
+
+
 class _ObjectView:
     def __init__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
@@ -351,6 +366,7 @@ class _ObjectView:
 
 def _mnist1d(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    _check_cache_dir(cache, given=bool(config.cache_dir))
     a = mnist1d_arrays(cache)
     return RawData(a["x"], a["y"], a["x_test"], a["y_test"])
 
@@ -399,14 +415,94 @@ def _present(folder: Path, name: str, gz: bool) -> bool:
     return (folder / name).is_file() or (gz and (folder / f"{name}.gz").is_file())
 
 
+def _read_bytes(file: Path, limit: int | None = None) -> bytes:
+    """The (gunzipped, for ``.gz``) bytes of ``file``, all or the first ``limit``; one-line errors."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    try:
+        with opener(file, "rb") as f:
+            return f.read() if limit is None else f.read(limit)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        raise ScenarioError(
+            f"{file} is not a valid gzip file ({problem})", path="data.path", value=str(file)
+        ) from None
+    except OSError as exc:
+        raise ScenarioError(
+            f"cannot read {file}: {exc.strerror or exc}", path="data.path", value=str(file)
+        ) from None
+
+
+def idx_header(file: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    """The element type and shape an IDX file declares, read from its first bytes only."""
+    head = _read_bytes(file, 4 + 4 * 255)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        raise ScenarioError(f"{file} is not an IDX file", path="data.path", value=str(file))
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        raise ScenarioError(f"{file} ends inside its IDX header", path="data.path", value=str(file))
+    shape = tuple(int(d) for d in np.frombuffer(head, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[head[2]])
+    if file.suffix != ".gz":  # a gzipped file's size is known only once read
+        expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+        size = file.stat().st_size
+        if size != expected:
+            raise ScenarioError(
+                f"{file} holds {size} bytes, its header says {expected}",
+                path="data.path",
+                value=str(file),
+            )
+    return dtype, shape
+
+
+def _check_idx_files(files: list[Path], labels: list[np.ndarray] | None = None) -> int:
+    """Images ``[n, 28, 28]`` and labels ``[n]`` in 0..9 for the train and the test split; the
+    number of training samples. ``labels`` are read here when not given."""
+    headers = [idx_header(f) for f in files]
+    for images, labels_file in ((0, 1), (2, 3)):
+        (_, ishape), (_, lshape) = headers[images], headers[labels_file]
+        if len(ishape) != 3 or ishape[1:] != (28, 28):
+            raise ScenarioError(
+                f"{files[images]} holds images of shape {ishape[1:]}, expected 28×28",
+                path="data.path",
+                value=str(files[images]),
+            )
+        if len(lshape) != 1:
+            raise ScenarioError(
+                f"{files[labels_file]} holds an array of shape {lshape}, expected a list of labels",
+                path="data.path",
+                value=str(files[labels_file]),
+            )
+        if ishape[0] != lshape[0]:
+            raise ScenarioError(
+                f"{files[images]} holds {ishape[0]} images but {files[labels_file]} holds "
+                f"{lshape[0]} labels",
+                path="data.path",
+                value=str(files[images]),
+            )
+        y = read_idx(files[labels_file]) if labels is None else labels[images // 2]
+        _check_labels(y, files[labels_file])
+    return headers[0][1][0]
+
+
+def _check_labels(y: np.ndarray, file: Path, n_classes: int = 10) -> None:
+    bad = (y < 0) | (y >= n_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ScenarioError(
+            f"{file}: label {y[i]} at index {i} is outside 0..{n_classes - 1}",
+            path="data.path",
+            value=str(file),
+        )
+
+
 def read_idx(file: Path) -> np.ndarray:
     """An IDX file (optionally gzipped) as an array of its declared type and shape."""
-    opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rb") as f:
-        raw = f.read()
+    raw = _read_bytes(file)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ScenarioError(f"{file} is not an IDX file", path="data.path", value=str(file))
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ScenarioError(f"{file} ends inside its IDX header", path="data.path", value=str(file))
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
@@ -424,6 +520,7 @@ def _idx(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
     subdirs = (_IDX_SUBDIRS[config.dataset],)
     files = _find(Path(config.path), subdirs, IDX_FILES, gz=True)
     xs, ys, xt, yt = (read_idx(f) for f in files)
+    _check_idx_files(files, labels=[ys, yt])
 
     def images(a: np.ndarray) -> np.ndarray:
         x = a.astype(np.float32)
@@ -432,6 +529,21 @@ def _idx(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
 
     return RawData(images(xs), ys.astype(np.int64), images(xt), yt.astype(np.int64))
 
+
+def _check_pickle(file: Path) -> None:
+    """A CIFAR-10 batch is a python pickle (protocol 2 or later starts with byte 0x80)."""
+    with open(file, "rb") as f:
+        head = f.read(2)
+    if len(head) < 2 or head[0] != 0x80:
+        raise ScenarioError(
+            f"{file} is not a CIFAR-10 batch (not a python pickle)",
+            path="data.path",
+            value=str(file),
+        )
+
+
+CIFAR10_BYTES_PER_IMAGE = 3 * 32 * 32 + 1
+"""A pickled CIFAR-10 batch holds about this many bytes per image (pixels and label)."""
 
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
@@ -442,16 +554,47 @@ def _cifar10(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawDat
     files = _find(Path(config.path), ("cifar-10-batches-py",), CIFAR10_FILES, gz=False)
     xs, ys = [], []
     for file in files:
-        with open(file, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        _check_pickle(file)
+        try:
+            with open(file, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+        except Exception as exc:  # a damaged pickle raises almost anything
+            problem = " ".join(str(exc).split()) or type(exc).__name__
+            raise ScenarioError(
+                f"{file} is not a CIFAR-10 batch (cannot unpickle it: {problem})",
+                path="data.path",
+                value=str(file),
+            ) from None
+        if not isinstance(batch, dict):
+            raise ScenarioError(
+                f"{file} is not a CIFAR-10 batch (holds a {type(batch).__name__}, not a dict)",
+                path="data.path",
+                value=str(file),
+            )
         data = batch.get(b"data", batch.get("data"))
         labels = batch.get(b"labels", batch.get("labels"))
         if data is None or labels is None:
             raise ScenarioError(
                 f"{file} is not a CIFAR-10 batch (no data/labels)", path="data.path"
             )
-        xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(labels, dtype=np.int64))
+        try:
+            x = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(labels, dtype=np.int64).reshape(-1)
+        except (ValueError, TypeError, OverflowError):
+            raise ScenarioError(
+                f"{file}: data is not a list of 3×32×32 images with integer labels",
+                path="data.path",
+                value=str(file),
+            ) from None
+        if len(x) != len(y):
+            raise ScenarioError(
+                f"{file} holds {len(x)} images but {len(y)} labels",
+                path="data.path",
+                value=str(file),
+            )
+        _check_labels(y, file)
+        xs.append(x)
+        ys.append(y)
 
     def images(a: np.ndarray) -> np.ndarray:
         x = a.astype(np.float32)
@@ -524,6 +667,53 @@ def regression_strata(y: np.ndarray, n_bins: int = 10) -> np.ndarray:
     """Quantile bins of a regression target: the 'labels' that label-skew partitions split."""
     edges = np.quantile(y, np.linspace(0, 1, n_bins + 1)[1:-1])
     return np.searchsorted(edges, y, side="right")
+
+
+MNIST1D_TRAIN = 4000
+"""Training samples of mnist1d as fedsim generates it (the package's defaults)."""
+
+
+def check_data(config: DataConfig, n_clients: int) -> int:
+    """Check what loading would check, reading headers and labels but not samples; return the
+    number of training samples. Every client needs at least one."""
+    name = config.dataset
+    if name in ("mnist_idx", "fashion_mnist_idx"):
+        assert config.path is not None
+        files = _find(Path(config.path), (_IDX_SUBDIRS[name],), IDX_FILES, gz=True)
+        n_train = _check_idx_files(files)
+    elif name == "cifar10":
+        assert config.path is not None
+        files = _find(Path(config.path), ("cifar-10-batches-py",), CIFAR10_FILES, gz=False)
+        for file in files:
+            _check_pickle(file)
+        n_train = sum(f.stat().st_size for f in files[:-1]) // CIFAR10_BYTES_PER_IMAGE
+    elif name == "mnist1d":
+        if importlib.util.find_spec("mnist1d") is None:
+            raise ScenarioError(
+                "dataset mnist1d needs the mnist1d package (pip install mnist1d scipy)",
+                path="data.dataset",
+                value="mnist1d",
+            )
+        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        _check_cache_dir(cache, given=bool(config.cache_dir))
+        n_train = MNIST1D_TRAIN
+    else:
+        n = {
+            "digits": 1797,
+            "synthetic_classification": config.synthetic_classification.n_samples,
+            "synthetic_regression": config.synthetic_regression.n_samples,
+        }[name]
+        if name != "digits":
+            _enough_samples(n, n_clients, f"data.{name}.n_samples")
+        n_train = n - round(config.test_fraction * n)
+    if n_train < n_clients:
+        raise ScenarioError(
+            f"{n_clients} clients for the {n_train} training samples of {name}: every client "
+            "needs at least one",
+            path="clients.count",
+            value=n_clients,
+        )
+    return n_train
 
 
 def load_federated(

@@ -1,0 +1,114 @@
+"""Everything about a scenario that can be checked without training, so ``validate`` = ``run``.
+
+Two layers: the cross-section rules of algorithm configs (``check_scenario``, run by scenario
+validation, helpers here), and :func:`check_runnable`, which opens what a run would open (data file
+headers, topology files, the model's size on the ``meta`` device) without loading it in full. Both
+``fedsim validate`` and :class:`~fedsim.simulation.Simulation` call it, so a scenario that validates
+does not fail in the same way when it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fedsim.errors import ScenarioError
+
+BYTES_PER_CLIENT = 256
+"""Rough memory of one client's timing state and bookkeeping (arrays and the client pool)."""
+
+
+def needs_topology(name: str, scenario: Any, *, one_client_each: bool = False) -> None:
+    """A multi-server algorithm needs ``topology:`` (and, for peers, one client per server)."""
+    topology = scenario.topology
+    if topology is None:
+        raise ScenarioError(
+            f"algorithm {name} needs a topology: section (servers, graph, mixing)",
+            path="topology",
+        )
+    if one_client_each and any(len(members) != 1 for members in topology.assignment()):
+        raise ScenarioError(
+            f"{name} peers train on their own data: every server needs exactly one client "
+            "(clients_per_server: 1)",
+            path="topology.clients_per_server",
+        )
+
+
+def at_most_clients(value: int, scenario: Any, key: str, what: str) -> None:
+    """``value`` of ``algorithm.<key>`` needs that many distinct clients."""
+    count = scenario.clients.count
+    if value > count:
+        raise ScenarioError(f"{what}, but clients.count is {count}", path=f"algorithm.{key}")
+
+
+def memory_bytes() -> int | None:
+    """Physical memory of this machine, or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def check_memory(scenario: Any, model_bytes: int, available: int | None = None) -> None:
+    """Refuse a run whose clients or model cannot fit in memory, saying how much they need."""
+    available = memory_bytes() if available is None else available
+    if available is None:
+        return
+    n = scenario.clients.count
+    clients = n * BYTES_PER_CLIENT
+    if clients > available:
+        raise ScenarioError(
+            f"{n:,} clients need about {_size(clients)} of memory for their state, more than "
+            f"this machine's {_size(available)}",
+            path="clients.count",
+        )
+    if scenario.training is not None:
+        servers = scenario.topology.servers if scenario.topology is not None else 1
+        copies = servers + 4  # each server's model, the start, a delta, the aggregate, optimiser
+        if model_bytes * copies > available:
+            raise ScenarioError(
+                f"the model has {model_bytes // 4:,} parameters: {_size(model_bytes)} each copy, "
+                f"about {_size(model_bytes * copies)} in all, more than this machine's "
+                f"{_size(available)}",
+                path="model",
+            )
+
+
+def model_nbytes(scenario: Any) -> int:
+    """Bytes of the scenario's model parameters, built on the ``meta`` device (nothing allocated)."""
+    import torch
+
+    from fedsim.learning.data import dataset_info
+    from fedsim.learning.models import build_model
+
+    with torch.device("meta"):
+        _module, spec = build_model(scenario.model, dataset_info(scenario.data))
+    return int(spec.nbytes())
+
+
+def check_runnable(scenario: Any) -> None:
+    """Raise the ScenarioError the run would raise before its first event, without training.
+
+    Checks the memory the clients and the model need, opens the dataset's files and reads their
+    headers (sizes, shapes, label ranges; not the images), compares the training samples with the
+    clients, and builds the topology (graph and mixing files, connectivity).
+    """
+    from fedsim.learning.data import check_data
+    from fedsim.rng import SeedStreams
+
+    check_memory(scenario, model_nbytes(scenario) if scenario.training is not None else 0)
+    if scenario.training is not None:
+        check_data(scenario.data, scenario.clients.count)
+    if scenario.topology is not None:
+        from fedsim.topology import build_topology
+
+        seed = scenario.seed if scenario.seed is not None else 0
+        build_topology(scenario.topology, SeedStreams(seed).generator("topology.graph"))
