@@ -186,7 +186,7 @@ def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
     from fedsim import plots
     from fedsim.simulation import Result
 
-    results = [Result.load(d) for d in run_dirs]
+    results = [_load_run(Result, d) for d in run_dirs]
     single = {"staleness_time", "timeline", "contribution", "graph"}
     if kind in single and len(results) > 1:
         raise click.UsageError(f"--kind {kind} takes one run directory, got {len(results)}")
@@ -196,10 +196,17 @@ def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
                 f"no {kind} recorded in {', '.join(map(str, run_dirs))} (timing-only run?)"
             )
         figure = plots.accuracy_vs_time(results, metric=kind)
-    elif kind == "staleness":
-        figure = plots.staleness(results)
-    elif kind == "staleness_time":
-        figure = plots.staleness_over_time(results[0])
+    elif kind in ("staleness", "staleness_time"):
+        try:
+            figure = (
+                plots.staleness(results)
+                if kind == "staleness"
+                else plots.staleness_over_time(results[0])
+            )
+        except ValueError as exc:  # e.g. a run with no accepted update
+            raise ScenarioError(
+                f"{', '.join(map(str, run_dirs))}: cannot plot {kind}: {exc}"
+            ) from None
     elif kind == "timeline":
         figure = plots.client_timeline(results[0])
     elif kind == "contribution":
@@ -209,6 +216,20 @@ def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
     out_file.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_file, dpi=120)
     click.echo(f"wrote {out_file}")
+
+
+def _load_run(result_class: type, run_dir: Path):
+    """A run directory's Result, or one line naming the file that cannot be read."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            data = json.loads(summary.read_bytes())
+        except (OSError, ValueError) as exc:
+            problem = " ".join(str(exc).split())
+            raise ScenarioError(f"{summary}: not a readable summary ({problem})") from None
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{summary}: not a readable summary (not a JSON object)")
+    return result_class.load(run_dir)
 
 
 def _network_plot(kind: str, results: list, run_dirs: tuple[Path, ...]):
@@ -296,10 +317,27 @@ def sweep_command(
 @click.argument("sweep_dir", type=click.Path(file_okay=False, path_type=Path))
 def collect(sweep_dir: Path) -> None:
     """Rebuild SWEEP_DIR/results.parquet from its finished cells."""
-    from fedsim.sweep import RESULTS, collect_cells
+    from fedsim.sweep import MANIFEST, RESULTS, collect_cells
 
+    _check_manifest(sweep_dir / MANIFEST)
     table, finished, total = collect_cells(sweep_dir)
     click.echo(f"{finished} of {total} cells finished: {sweep_dir / RESULTS} ({len(table):,} rows)")
+
+
+def _check_manifest(path: Path) -> None:
+    """A sweep.json that parses must hold ``cells``: a list of ``{dir, hash}`` entries."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return  # collect_cells says the directory is not a sweep directory
+    cells = manifest.get("cells") if isinstance(manifest, dict) else None
+    if not isinstance(cells, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("dir"), str) and isinstance(c.get("hash"), str)
+        for c in cells
+    ):
+        raise ScenarioError(
+            f"{path}: malformed sweep manifest (expected cells: a list of {{dir, hash}} entries)"
+        )
 
 
 @cli.command()

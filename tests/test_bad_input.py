@@ -619,3 +619,61 @@ def test_disconnected_graph_and_bad_mixing_files_are_caught_by_validate(tmp_path
     line = _refused_by_validate_and_run(tmp_path, capsys, text)
     assert line.startswith("topology.mixing")
     assert "row 1 sums to 0.9" in line
+
+
+# ---------------------------------------------------------------------------------------------------
+# plot and collect on damaged directories
+
+
+@pytest.fixture(scope="module")
+def run_without_updates(tmp_path_factory) -> Path:
+    """A timing-only run that stops before any job returns (no accepted update)."""
+    out = tmp_path_factory.mktemp("runs") / "none"
+    fedsim.run(
+        {
+            "name": "none",
+            "training": "none",
+            "stop": {"time_s": 1},
+            "clients": {"count": 3, "compute": {"dist": "constant", "mean_s": 100}},
+        },
+        out=out,
+        device="cpu",
+    )
+    return out
+
+
+@pytest.mark.parametrize("kind", ["staleness", "staleness_time"])
+def test_plot_of_a_run_without_updates(run_without_updates, tmp_path, capsys, kind):
+    line = _one_line_error(
+        ["plot", str(run_without_updates), "--kind", kind, "--out", str(tmp_path / "x.png")],
+        capsys,
+    )
+    assert line.startswith(f"{run_without_updates}: cannot plot {kind}: no accepted")
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00", b"[1, 2]"])
+def test_plot_of_a_corrupt_summary(run_without_updates, tmp_path, capsys, content):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_without_updates, run)
+    (run / "summary.json").write_bytes(content)
+    line = _one_line_error(
+        ["plot", str(run), "--kind", "timeline", "--out", str(tmp_path / "x.png")], capsys
+    )
+    assert line.startswith(f"{run / 'summary.json'}: not a readable summary (")
+
+
+@pytest.mark.parametrize(
+    "manifest", ['{"cells": 3}', '{"cells": [{"dir": 1}]}', "[]", '{"no_cells": []}']
+)
+def test_collect_of_a_malformed_manifest(tmp_path, capsys, manifest):
+    (tmp_path / "sweep.json").write_text(manifest)
+    line = _one_line_error(["collect", str(tmp_path)], capsys)
+    assert line == (
+        f"{tmp_path / 'sweep.json'}: malformed sweep manifest (expected cells: a list of "
+        "{dir, hash} entries)"
+    )
+    (tmp_path / "sweep.json").write_bytes(b"\xff\x00 not json")
+    line = _one_line_error(["collect", str(tmp_path)], capsys)
+    assert line == f"not a fedsim sweep directory (no readable sweep.json): {tmp_path}"
