@@ -59,6 +59,12 @@ _set_option = click.option(
     help="Replace the run already in the run directory (after the new one is built and checked).",
 )
 @click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="Torch threads for the run [default: FEDSIM_THREADS, else chosen from the workload].",
+)
+@click.option(
     "--resume",
     "resume_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -72,6 +78,7 @@ def run(
     device: str,
     no_plots: bool,
     overwrite: bool,
+    threads: int | None,
     resume_dir: Path | None,
 ) -> None:
     """Run SCENARIO_FILE and write its run directory (with plots/ unless --no-plots).
@@ -96,6 +103,7 @@ def run(
     else:
         scenario = load_scenario(scenario_file, overrides)
         options = {"out": out, "overwrite": overwrite}
+    options["threads"] = threads
     if quiet:
         result = run_scenario(scenario, device=device, **options)
     else:
@@ -126,6 +134,12 @@ def _fmt(value: object, spec: str = "") -> str:
     return format(value, spec)
 
 
+def _threads(summary: dict) -> str:
+    threads = summary.get("threads") or {}
+    n = threads.get("n")
+    return f", {n} torch thread{'s' if n != 1 else ''}" if n else ""
+
+
 def _print_summary(summary: dict) -> None:
     table = Table(
         title=f"fedsim run: {summary['name']} ({summary['algorithm']})", show_header=False
@@ -142,7 +156,7 @@ def _print_summary(summary: dict) -> None:
         ("updates applied", f"{summary['updates']:,}  (model versions {summary['versions']:,})"),
         ("mean staleness", _fmt(summary["mean_staleness"], ".2f")),
         ("job outcomes", ", ".join(f"{k} {v:,}" for k, v in summary["status_counts"].items())),
-        ("wall time", f"{summary['wall_time_s']:.1f} s on {summary['device']}"),
+        ("wall time", f"{summary['wall_time_s']:.1f} s on {summary['device']}{_threads(summary)}"),
     ]
     for key, value in rows:
         table.add_row(key, value)

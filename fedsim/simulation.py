@@ -37,6 +37,7 @@ from fedsim.learning.trainer import Evaluator, LocalTask
 from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, event_totals, read_table
 from fedsim.rng import SeedStreams
 from fedsim.scenario import Scenario, load_scenario
+from fedsim.threads import ThreadChoice, choose_threads, using_threads
 from fedsim.timing import ClientTiming
 from fedsim.topology import Topology, build_topology
 
@@ -167,6 +168,8 @@ class Simulation:
             run_dir and run_dir / "evals.parquet", EVAL_SCHEMA, chunk_rows=chunk
         )
         self.events.companion = self.evals
+        self.threads: ThreadChoice | None = None
+        """How many torch threads the run was given and why (set by :func:`run`)."""
         self._last_flush = -math.inf
         self.interrupted_by: str | None = None
         self.updates = 0
@@ -404,6 +407,15 @@ class Simulation:
             "topology": self.topology.summary() if self.topology is not None else None,
             "model_params": self.spec.numel,
             "device": str(self.device),
+            "threads": (
+                self.threads.to_summary()
+                if self.threads is not None
+                else {
+                    "n": torch.get_num_threads(),
+                    "source": "caller",
+                    "reason": "set by the caller",
+                }
+            ),
             "versions_of": _library_versions(),
             "run_dir": str(self.run_dir) if self.run_dir else None,
         }
@@ -566,6 +578,7 @@ def run(
     progress: ProgressHook | None = None,
     overwrite: bool = False,
     resume: str | Path | None = None,
+    threads: int | None = None,
     **keyword_overrides: Any,
 ) -> Result:
     """Run a scenario and return its :class:`Result`.
@@ -578,6 +591,8 @@ def run(
     built and validated before the old one is removed). ``resume=RUN_DIR`` runs an interrupted
     run's own scenario to the end again, into its directory: the finished files are identical to an
     uninterrupted run's (the run is replayed from its start; checkpoints are not implemented yet).
+    ``threads`` sets torch's intra-op thread count for the run (else ``FEDSIM_THREADS``, else a
+    choice from the workload: see :mod:`fedsim.threads`); ``summary.json`` records it.
     Bad input raises :class:`ScenarioError`, a failure during the run :class:`SimulationError`.
     """
     if resume is not None:
@@ -596,16 +611,19 @@ def run(
             raise ScenarioError("out: an empty path; name the run directory")
     if run_dir is not None:
         rundir.check(run_dir, overwrite=overwrite, resume=resume is not None)
-    simulation = _build(resolved, device, run_dir, progress)
-    if run_dir is None:
-        return simulation.run()
-    lock = rundir.claim(
-        run_dir, scenario_hash=resolved.hash(), overwrite=overwrite, resume=resume is not None
-    )
-    try:
-        return simulation.run()
-    finally:
-        lock.release()
+    choice = choose_threads(resolved, threads, device=device)
+    with using_threads(choice):
+        simulation = _build(resolved, device, run_dir, progress)
+        simulation.threads = choice
+        if run_dir is None:
+            return simulation.run()
+        lock = rundir.claim(
+            run_dir, scenario_hash=resolved.hash(), overwrite=overwrite, resume=resume is not None
+        )
+        try:
+            return simulation.run()
+        finally:
+            lock.release()
 
 
 def _resolve(
