@@ -93,9 +93,9 @@ CASES: dict[str, tuple[str | dict, dict, str]] = {
             "clients.count": 200,
             "algorithm.cohort_size": 100,
             "algorithm.over_selection": 0.0,
-            "stop.time_s": 10,
+            "stop.time_s": 40,
         },
-        "digits CNN, 200 clients, cohort 100, 10 s",
+        "digits CNN, 200 clients, cohort 100, 40 s",
     ),
 }
 
@@ -240,7 +240,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--out", type=Path, help="write the results (JSON) here")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration and block")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per configuration and block")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--table", type=Path, help="print the docs table of a results file")
     parser.add_argument("--calibrate", action="store_true", help="one 1-thread run per case")
