@@ -175,16 +175,26 @@ class TraceWriter:
 class _PartCursor:
     """Reads one time-sorted part a block at a time for :func:`merge_parts`."""
 
-    def __init__(self, path: Path, block_rows: int) -> None:
-        self._batches = pq.ParquetFile(path).iter_batches(batch_size=block_rows)
+    def __init__(self, index: int, path: Path, block_rows: int) -> None:
+        self.index = index
+        self.path = path
+        self.block_rows = block_rows
+        with pq.ParquetFile(path) as file:  # opened again when read: few files open at once
+            self.first_time = _first_time(file)
+        self._file: pq.ParquetFile | None = None
+        self._batches: Iterator[pa.RecordBatch] | None = None
         self.buffer: pa.Table | None = None
         self.done = False
 
     def load(self) -> None:
         """Append the next block to the buffer (or mark the part fully read)."""
+        if self._batches is None:
+            self._file = pq.ParquetFile(self.path)
+            self._batches = self._file.iter_batches(batch_size=self.block_rows)
         batch = next(self._batches, None)
         if batch is None:
             self.done = True
+            self._file.close()
             return
         block = pa.Table.from_batches([batch])
         self.buffer = block if self.buffer is None else pa.concat_tables([self.buffer, block])
@@ -204,33 +214,57 @@ class _PartCursor:
         return head
 
 
+def _first_time(file: pq.ParquetFile) -> float:
+    """The earliest ``sim_time`` of a sorted part (its statistics, else its first row)."""
+    if file.metadata.num_rows == 0:
+        return math.inf
+    column = file.schema_arrow.get_field_index("sim_time")
+    stats = file.metadata.row_group(0).column(column).statistics
+    if stats is not None and stats.has_min_max:
+        return float(stats.min)
+    return float(file.read_row_group(0, columns=["sim_time"]).column(0)[0].as_py())
+
+
 def merge_parts(parts: list[Path], out: Path, schema: pa.Schema, *, block_rows: int) -> int:
     """Merge time-sorted parts into one file sorted by time, with bounded memory; return the rows.
 
-    A k-way merge by blocks: each part is read ``block_rows / k`` rows at a time, and only rows
-    earlier than the smallest last time among the blocks still open can be written, so the result
-    is exactly the stable sort of the concatenated parts (ties keep part order, then row order).
+    A k-way merge by blocks. Parts are opened in the order of their first time; among the open
+    ones, only rows earlier than both the smallest last time of the blocks still being read and
+    the first time of the next unopened part can be written. The result is exactly the stable
+    sort of the concatenated parts (ties keep part order, then row order). Parts recorded in time
+    order (the usual case) are copied one after the other, one or two open at a time.
     """
-    step = max(1024, block_rows // max(1, len(parts)))
-    cursors = [_PartCursor(p, step) for p in parts]
+    step = max(1024, block_rows // 4)
+    waiting = sorted(
+        (_PartCursor(i, p, step) for i, p in enumerate(parts)),
+        key=lambda c: (c.first_time, c.index),
+        reverse=True,  # pop() takes the earliest
+    )
+    live: list[_PartCursor] = []  # open parts, by part index
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     pending: list[pa.Table] = []
     pending_rows = 0
     total = 0
     with pq.ParquetWriter(tmp, schema) as writer:
         while True:
-            for cursor in cursors:
+            for cursor in live:
                 if cursor.empty and not cursor.done:
                     cursor.load()
-            live = [c for c in cursors if not c.empty]
-            if not live:
+            live = [c for c in live if not c.empty]
+            next_first = waiting[-1].first_time if waiting else math.inf
+            if not live and not waiting:
                 break
             open_ends = [c.last_time() for c in live if not c.done]
-            bound = min(open_ends) if open_ends else math.inf
+            bound = min([next_first, *open_ends])
             taken = [c.take_before(bound) for c in live]
             rows = sum(t.num_rows for t in taken)
-            if rows == 0:  # every open block ends at `bound`: read further into the limiting part
-                next(c for c in live if not c.done and c.last_time() == bound).load()
+            if rows == 0:
+                if waiting and next_first <= bound:  # the next part starts here: open it
+                    opened = waiting.pop()
+                    live.append(opened)
+                    live.sort(key=lambda c: c.index)
+                else:  # every open block ends at `bound`: read further into the limiting part
+                    next(c for c in live if not c.done and c.last_time() == bound).load()
                 continue
             pending.append(sort_by_time(pa.concat_tables(taken)))
             pending_rows += rows
