@@ -9,6 +9,7 @@ may change the events.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ import fedsim
 from fedsim.learning.batched import make_trainer
 from fedsim.scenario import load_scenario
 from fedsim.simulation import Result, Simulation
+
+from .conftest import SCENARIOS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -140,3 +143,66 @@ def test_trace_does_not_depend_on_learning_chunking_or_backend(tmp_path):
     )
     evals = pd.read_parquet(tmp_path / "chunked" / "evals.parquet").drop(columns=["real_time_s"])
     pd.testing.assert_frame_equal(evals, base.evals.drop(columns=["real_time_s"]), check_exact=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every shipped scenario, and every algorithm: the same seed gives the same bytes.
+
+SHORT = {"stop.time_s": 12.0, "stop.max_updates": 150}
+"""Brief runs: long enough for every scenario to update, evaluate and (most) to drop or straggle."""
+
+FEWER = {"clients.count": 48, "stop.max_updates": 60}
+"""FedAST builds a dataset per task for each of its 200 clients: fewer clients, fewer updates."""
+OVERRIDES = {"fedast_multitask": FEWER, "fedast_hetero": FEWER}
+SHIPPED = {p.stem: (p, OVERRIDES.get(p.stem, {})) for p in sorted(SCENARIOS.glob("*.yaml"))}
+VARIANTS = {  # the algorithms no shipped scenario uses, on the scenario their docs compare them in
+    "fedfix_compare-async_fedavg": (
+        SCENARIOS / "fedfix_compare.yaml",
+        {"algorithm.name": "async_fedavg"},
+    ),
+    "fedfix_compare-fedbuff_c": (
+        SCENARIOS / "fedfix_compare.yaml",
+        {"algorithm.name": "fedbuff_c"},
+    ),
+    "frain_nullifiers-brain": (SCENARIOS / "frain_nullifiers.yaml", {"algorithm.name": "brain"}),
+    "fedast_multitask-sync_st": (
+        SCENARIOS / "fedast_multitask.yaml",
+        {**FEWER, "algorithm.name": "sync_st"},
+    ),
+}
+CASES = {**SHIPPED, **VARIANTS}
+HEAVY = {"fedast_multitask", "fedast_hetero", "fedast_multitask-sync_st", "frain_nullifiers"}
+"""Cases of several seconds each on a 2-core machine (dataset per task, or mnist1d): slow tier."""
+
+
+def _case(name: str):
+    marks = [pytest.mark.slow] if name in HEAVY else []
+    return pytest.param(name, id=name, marks=marks)
+
+
+def test_every_algorithm_and_shipped_scenario_has_a_case():
+    from fedsim.algorithms import ALGORITHMS
+
+    covered = {
+        load_scenario(path, overrides or None).algorithm.name for path, overrides in CASES.values()
+    }
+    assert covered == set(ALGORITHMS)
+    assert set(SHIPPED) == {p.stem for p in SCENARIOS.glob("*.yaml")} and len(SHIPPED) >= 14
+
+
+@pytest.mark.parametrize("name", [_case(n) for n in CASES])
+def test_shipped_scenario_same_seed_same_bytes(tmp_path: Path, name: str):
+    path, overrides = CASES[name]
+    merged = {**SHORT, **overrides}
+    a = fedsim.run(path, merged, out=tmp_path / "a")
+    fedsim.run(path, merged, out=tmp_path / "b")
+    assert a.summary["updates"] > 0 and len(a.events) > 0 and len(a.evals) >= 1
+    assert a.summary["seed"] == load_scenario(path).seed  # the shipped seed, not a drawn one
+    for file in ("events.parquet", "scenario.yaml"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+    evals_a = pd.read_parquet(tmp_path / "a" / "evals.parquet").drop(columns=["real_time_s"])
+    evals_b = pd.read_parquet(tmp_path / "b" / "evals.parquet").drop(columns=["real_time_s"])
+    pd.testing.assert_frame_equal(evals_a, evals_b, check_exact=True)
+    summary_a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    summary_b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert without_wall_clock(summary_a) == without_wall_clock(summary_b)
