@@ -47,7 +47,12 @@ _set_option = click.option(
 @cli.command()
 @click.argument("scenario_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option(
+    "--out",
+    type=str,
+    callback=lambda _ctx, _param, value: _named_dir(value, "--out"),
+    help="Run directory.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
@@ -126,6 +131,15 @@ def run(
             f"the trace so far and summary.json are in {where}{resume}",
             EXIT_CODES.get(signal_name, 130),
         )
+
+
+def _named_dir(value: str | None, flag: str) -> Path | None:
+    """An empty directory argument would silently mean the current directory: refuse it."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("an empty path; name the directory", param_hint=flag)
+    return Path(value)
 
 
 def _fmt(value: object, spec: str = "") -> str:

@@ -246,3 +246,13 @@ def test_a_clock_that_cannot_advance_fails_with_the_trace_kept(tmp_path, monkeyp
     assert summary["stop_reason"] == "error"
     assert "the smallest duration is clients.compute.mean_s = 1" in summary["error"]
     assert len(pd.read_parquet(tmp_path / "r" / "events.parquet")) > 0
+
+
+def test_an_empty_out_is_refused_not_the_current_directory(tmp_path):
+    scenario = _write(tmp_path, SHORT)
+    refused = _fedsim("run", scenario, "-q", "--out", "", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert _one_error_line(refused.stderr) == (
+        "error: Invalid value for --out: an empty path; name the directory"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["scenario.yaml"]
