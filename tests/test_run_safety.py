@@ -88,6 +88,7 @@ def test_a_signal_stops_the_run_and_keeps_its_trace(tmp_path, sig, code):
     assert len(result.evals) >= 1 and not (tmp_path / "run" / rundir.LOCK).exists()
 
 
+@pytest.mark.slow  # several CLI processes
 def test_a_killed_run_is_readable_and_resume_finishes_it_exactly(tmp_path):
     scenario = _write(tmp_path, {**ENDLESS, "stop": {"time_s": 3000.0}})
     process = _start("run", scenario, "-q", "--out", "killed", cwd=tmp_path)
@@ -112,6 +113,7 @@ def test_a_killed_run_is_readable_and_resume_finishes_it_exactly(tmp_path):
     pd.testing.assert_frame_equal(*evals)
 
 
+@pytest.mark.slow  # several CLI processes
 def test_resume_refuses_another_scenario_or_another_version(tmp_path):
     scenario = _write(tmp_path, SHORT)
     assert _fedsim("run", scenario, "-q", "--no-plots", "--out", "r", cwd=tmp_path).returncode == 0
@@ -131,6 +133,7 @@ def test_resume_refuses_another_scenario_or_another_version(tmp_path):
     )
 
 
+@pytest.mark.slow  # several CLI processes
 def test_a_directory_holding_a_run_is_refused_and_kept(tmp_path):
     scenario = _write(tmp_path, SHORT)
     first = _fedsim("run", scenario, "-q", "--out", "r", cwd=tmp_path)
@@ -162,6 +165,7 @@ def test_a_directory_holding_a_run_is_refused_and_kept(tmp_path):
     assert yaml.safe_load((tmp_path / "r" / "scenario.yaml").read_text())["seed"] == 9
 
 
+@pytest.mark.slow  # several CLI processes
 def test_a_folder_that_is_not_a_run_is_never_written_into(tmp_path):
     own = tmp_path / "mine"
     own.mkdir()
@@ -183,6 +187,7 @@ def test_a_folder_that_is_not_a_run_is_never_written_into(tmp_path):
     )
 
 
+@pytest.mark.slow  # several CLI processes
 def test_two_runs_into_one_directory_at_once(tmp_path):
     """One runs; the other is refused with one line; the directory holds one consistent run."""
     scenario = _write(tmp_path, ENDLESS)
