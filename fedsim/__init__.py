@@ -10,10 +10,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from fedsim.errors import FedsimError, ScenarioError, SimulationError
+from fedsim.learning.user_data import Dataset
 from fedsim.scenario import Scenario, load_scenario
 from fedsim.simulation import Result, Simulation, run
 
 __all__ = [
+    "Dataset",
     "FedsimError",
     "Result",
     "Scenario",

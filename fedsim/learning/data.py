@@ -36,6 +36,16 @@ from fedsim.learning.partition import (
     Partition,
     make_partition,
 )
+from fedsim.learning.user_data import (
+    OWNERS,
+    Dataset,
+    check_dataset,
+    check_npz,
+    check_owners,
+    import_dataset,
+    load_npz,
+    resolve_path,
+)
 from fedsim.rng import SeedStreams
 
 DatasetName = Literal[
@@ -46,9 +56,13 @@ DatasetName = Literal[
     "mnist_idx",
     "fashion_mnist_idx",
     "cifar10",
+    "npz",
+    "import",
 ]
 FILE_DATASETS = ("mnist_idx", "fashion_mnist_idx", "cifar10")
 """Datasets read from local files under ``data.path``."""
+USER_DATASETS = ("npz", "import")
+"""A user's own data: an .npz file (``data.path``) or a loader (``data.target``)."""
 
 
 class SyntheticClassification(Section):
@@ -119,14 +133,25 @@ class DataConfig(Section):
     """Dataset name: digits (scikit-learn's 8x8 handwritten digits, 1797 samples, ships offline),
     synthetic_classification, synthetic_regression (generated from the seed), mnist1d (generated
     offline by the mnist1d package, cached), mnist_idx, fashion_mnist_idx (IDX files under path),
-    cifar10 (the python pickles under path)."""
+    cifar10 (the python pickles under path), npz (your own arrays in the .npz file path), import
+    (your own loader, data.target)."""
     test_fraction: float = Field(0.2, gt=0, lt=1)
     """Share of samples held out as the server's test set (datasets with their own test split,
     mnist1d, mnist_idx, fashion_mnist_idx and cifar10, use that split instead)."""
     partition: Partition = Field(default_factory=DirichletPartition)
     """How training samples are dealt to clients."""
     path: str | None = None
-    """Local folder of the files of mnist_idx, fashion_mnist_idx or cifar10 (never downloaded)."""
+    """Local folder of the files of mnist_idx, fashion_mnist_idx or cifar10 (never downloaded); for
+    npz, the .npz file holding x_train, y_train, x_test, y_test and optionally owner_train."""
+    target: str | None = None
+    """For import: the loader, module.path:name or path/to/file.py:name, returning x_train,
+    y_train, x_test, y_test (a dict or an object; numpy or torch; optionally owner_train) or
+    (train, test) map-style torch Datasets of (x, y) pairs."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """For import: keyword arguments passed to the loader."""
+    n_classes: int | None = Field(None, ge=2)
+    """For npz and import with integer labels: the number of classes; null: the largest label
+    plus one."""
     cache_dir: str | None = None
     """Where generated datasets (mnist1d) are cached; null: $XDG_CACHE_HOME/fedsim or
     ~/.cache/fedsim."""
@@ -139,16 +164,34 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
+        if self.dataset == "npz" and self.path is None:
+            raise ValueError("dataset npz reads your arrays: set data.path to the .npz file")
+        if self.dataset == "import" and self.target is None:
+            raise ValueError(
+                "dataset import calls your loader: set data.target to module.path:name or "
+                "path/to/file.py:name"
+            )
+        if self.dataset != "import" and (self.target is not None or self.kwargs):
+            which = "target" if self.target is not None else "kwargs"
+            raise ValueError(f"data.{which} is read by dataset import only, not {self.dataset}")
+        if self.dataset not in USER_DATASETS and self.n_classes is not None:
+            raise ValueError(f"data.n_classes is read by npz and import only, not {self.dataset}")
+        if self.dataset in USER_DATASETS:
+            return self  # owners and the rest are checked from the data (check_data)
         if self.dataset in FILE_DATASETS and self.path is None:
             raise ValueError(
                 f"dataset {self.dataset} is read from local files: set data.path to the folder "
                 f"holding {', '.join(_expected_files(self.dataset))}"
             )
         if isinstance(self.partition, NaturalPartition) and not dataset_info(self).has_owners:
-            owned = [name for name, (info, _) in DATASETS.items() if info.has_owners]
+            owned = [
+                name
+                for name, (info, _) in DATASETS.items()
+                if info.has_owners and name not in USER_DATASETS
+            ]
             raise ValueError(
-                f"partition natural needs a dataset with owners ({', '.join(owned)}); "
-                f"{self.dataset} has none"
+                f"partition natural needs a dataset with owners ({', '.join(owned)}, or npz or "
+                f"import with owner_train); {self.dataset} has none"
             )
         return self
 
@@ -607,6 +650,81 @@ def _cifar10(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawDat
 
 
 # ---------------------------------------------------------------------------------------------------
+# A user's own data (see fedsim.learning.user_data)
+
+
+def _user_raw(dataset: Dataset) -> RawData:
+    return RawData(
+        dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, dataset.owner_train
+    )
+
+
+def _npz(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    assert config.path is not None
+    return _user_raw(load_npz(config.path, n_classes=config.n_classes)[0])
+
+
+def _import(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    assert config.target is not None
+    loaded = import_dataset(config.target, config.kwargs, n_classes=config.n_classes, take=True)
+    return _user_raw(loaded[0])
+
+
+def check_user_data(
+    config: DataConfig,
+    n_clients: int,
+    user_data: Dataset | None = None,
+    *,
+    base_dir: str | Path | None = None,
+) -> int:
+    """Check a user's own data (npz from its headers, labels and owners; import by calling the
+    loader once; or arrays passed in) as loading would; return the number of training samples.
+    With the natural partition, every owner must be a client and every client own a sample."""
+    natural = isinstance(config.partition, NaturalPartition)
+    if user_data is None and config.dataset == "npz":
+        assert config.path is not None
+        _info, n_train = check_npz(
+            config.path,
+            n_classes=config.n_classes,
+            base_dir=base_dir,
+            n_clients=n_clients if natural else None,
+        )
+        return int(n_train)
+    if user_data is not None:
+        checked, _info = check_dataset(user_data, key="data", n_classes=config.n_classes)
+    else:
+        assert config.target is not None
+        checked, _info = import_dataset(
+            config.target, config.kwargs, n_classes=config.n_classes, base_dir=base_dir
+        )
+    if natural:
+        _check_natural(checked, n_clients, *_user_source(config, user_data, base_dir))
+    return len(checked.y_train)
+
+
+def _user_source(
+    config: DataConfig, user_data: Dataset | None, base_dir: str | Path | None
+) -> tuple[str, str]:
+    """The key and the words that name where a user's data came from, for error messages."""
+    if user_data is not None:
+        return "data", "the dataset"
+    if config.dataset == "npz":
+        assert config.path is not None
+        return "data.path", str(resolve_path(config.path, base_dir))
+    return "data.target", repr(config.target)
+
+
+def _check_natural(checked: Dataset, n_clients: int, key: str, where: str) -> None:
+    if checked.owner_train is None:
+        raise ScenarioError(
+            f"{where} has no {OWNERS}: the natural partition needs the client of every "
+            "training sample",
+            path=key,
+        )
+    check_owners(checked.owner_train, n_clients, key=key, where=where)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Registry
 
 DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {
@@ -623,14 +741,39 @@ DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {
     "mnist_idx": (DatasetInfo("mnist_idx", 784, 10, (1, 28, 28)), _idx),
     "fashion_mnist_idx": (DatasetInfo("fashion_mnist_idx", 784, 10, (1, 28, 28)), _idx),
     "cifar10": (DatasetInfo("cifar10", 3072, 10, (3, 32, 32)), _cifar10),
+    "npz": (DatasetInfo("npz", 1, 1, has_owners=True), _npz),
+    "import": (DatasetInfo("import", 1, 1, has_owners=True), _import),
 }
-"""Dataset name → (info with default parameters, loader)."""
+"""Dataset name → (info with default parameters, loader). The info of npz and import is a
+placeholder: their shapes come from the data (``dataset_info(config)``)."""
 
 
-def dataset_info(dataset: str | DataConfig) -> DatasetInfo:
-    """The dataset's info; pass the DataConfig for synthetic datasets whose shape is configurable."""
+def dataset_info(
+    dataset: str | DataConfig,
+    user_data: Dataset | None = None,
+    *,
+    base_dir: str | Path | None = None,
+) -> DatasetInfo:
+    """The dataset's info; pass the DataConfig for datasets whose shape is configurable or comes
+    from the data. ``user_data`` (arrays passed to ``fedsim.run``) takes the place of the dataset
+    the config names. An npz file is read for its headers and labels only; an import loader is
+    called once (its arrays are kept for the run). Relative paths are resolved against
+    ``base_dir`` (the scenario file's folder), else the working directory."""
+    if user_data is not None:
+        n_classes = dataset.n_classes if isinstance(dataset, DataConfig) else None
+        return check_dataset(user_data, key="data", n_classes=n_classes)[1]
     if isinstance(dataset, str):
+        if dataset in USER_DATASETS:
+            raise ValueError(f"the info of dataset {dataset} comes from its data: pass the config")
         return DATASETS[dataset][0]
+    if dataset.dataset == "npz":
+        assert dataset.path is not None
+        return check_npz(dataset.path, n_classes=dataset.n_classes, base_dir=base_dir)[0]
+    if dataset.dataset == "import":
+        assert dataset.target is not None
+        return import_dataset(
+            dataset.target, dataset.kwargs, n_classes=dataset.n_classes, base_dir=base_dir
+        )[1]
     info = DATASETS[dataset.dataset][0]
     if dataset.dataset == "synthetic_classification":
         cfg = dataset.synthetic_classification
@@ -673,11 +816,20 @@ MNIST1D_TRAIN = 4000
 """Training samples of mnist1d as fedsim generates it (the package's defaults)."""
 
 
-def check_data(config: DataConfig, n_clients: int) -> int:
+def check_data(
+    config: DataConfig,
+    n_clients: int,
+    user_data: Dataset | None = None,
+    *,
+    base_dir: str | Path | None = None,
+) -> int:
     """Check what loading would check, reading headers and labels but not samples; return the
-    number of training samples. Every client needs at least one."""
-    name = config.dataset
-    if name in ("mnist_idx", "fashion_mnist_idx"):
+    number of training samples. Every client needs at least one. ``user_data`` and ``base_dir``
+    as for :func:`load_federated`."""
+    name = config.dataset if user_data is None else "the dataset"
+    if user_data is not None or config.dataset in USER_DATASETS:
+        n_train = check_user_data(config, n_clients, user_data, base_dir=base_dir)
+    elif name in ("mnist_idx", "fashion_mnist_idx"):
         assert config.path is not None
         files = _find(Path(config.path), (_IDX_SUBDIRS[name],), IDX_FILES, gz=True)
         n_train = _check_idx_files(files)
@@ -717,10 +869,41 @@ def check_data(config: DataConfig, n_clients: int) -> int:
 
 
 def load_federated(
-    config: DataConfig, n_clients: int, streams: SeedStreams, device: torch.device
+    config: DataConfig,
+    n_clients: int,
+    streams: SeedStreams,
+    device: torch.device,
+    user_data: Dataset | None = None,
+    *,
+    base_dir: str | Path | None = None,
 ) -> FederatedData:
-    info = dataset_info(config)
-    raw = DATASETS[config.dataset][1](config, n_clients, streams)
+    """The dataset on ``device``, split over ``n_clients`` by ``config.partition``.
+
+    ``user_data`` (arrays passed to ``fedsim.run(data=...)``) replaces the dataset the config
+    names; ``config.partition`` and ``config.n_classes`` still apply. ``base_dir`` is the folder
+    relative paths (an npz file, a loader's .py file) are read from; None: the working directory.
+    """
+    if user_data is not None or config.dataset in USER_DATASETS:
+        if user_data is not None:
+            checked, info = check_dataset(user_data, key="data", n_classes=config.n_classes)
+        elif config.dataset == "npz":
+            assert config.path is not None
+            checked, info = load_npz(config.path, n_classes=config.n_classes, base_dir=base_dir)
+        else:
+            assert config.target is not None
+            checked, info = import_dataset(
+                config.target,
+                config.kwargs,
+                n_classes=config.n_classes,
+                base_dir=base_dir,
+                take=True,
+            )
+        if isinstance(config.partition, NaturalPartition):
+            _check_natural(checked, n_clients, *_user_source(config, user_data, base_dir))
+        raw = _user_raw(checked)
+    else:
+        info = dataset_info(config)
+        raw = DATASETS[config.dataset][1](config, n_clients, streams)
     owners = raw.owners
     if raw.x_test is None:
         order = streams.generator("data.split").permutation(len(raw.y))
