@@ -219,8 +219,8 @@ def table(results: dict) -> str:
     cores = results["machine"]["cores"]
     lines = [
         f"| case (shortened) | block | load avg (1 min) | 1 thread s | {cores} threads s | "
-        "auto s | auto threads | auto / best | goal |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        f"{cores} / 1 | auto s | auto threads | auto / best | goal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for case, r in results["cases"].items():
         for block in ("idle", "busy"):
@@ -229,7 +229,8 @@ def table(results: dict) -> str:
             threads = "/".join(str(n) for n in sorted(set(b["auto_threads"])))
             lines.append(
                 f"| {case} ({r['shortened']}) | {block} | {b['loadavg_before'][0]:.1f} | "
-                f"{_s(m['1'])} | {_s(m['all'])} | {_s(m['auto'])} | {threads} | "
+                f"{_s(m['1'])} | {_s(m['all'])} | {m['all'] / m['1']:.2f}× | {_s(m['auto'])} | "
+                f"{threads} | "
                 f"{b['auto_over_best']:.2f}× | {'met' if b['goal_met'] else '**missed**'} |"
             )
     return "\n".join(lines)
