@@ -378,7 +378,9 @@ def run_cell(scenario: dict[str, Any], cell_dir: str, device: str | None = None)
     torch.set_num_threads(1)
     try:
         # overwrite: what a cell directory holds is this cell's earlier, unfinished or damaged run.
-        result = run(load_scenario(scenario), out=cell_dir, device=device, overwrite=True)
+        result = run(
+            load_scenario(scenario), out=cell_dir, device=device, overwrite=True, threads=1
+        )
     finally:
         torch.set_num_threads(threads)
     return result.summary["scenario_hash"]
