@@ -178,6 +178,7 @@ def _three_runs(path, overrides=None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [("byzantine_fedavg", {}), ("byzantine_fedbuff", {"stop.time_s": 300})],

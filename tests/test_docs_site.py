@@ -58,6 +58,7 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_strict_build_has_the_key_pages(site):
     for page in [
         "index.html",

@@ -13,6 +13,7 @@ from fedsim.scenario import load_scenario
 from .conftest import SCENARIOS
 
 
+@pytest.mark.slow
 def test_quickstart_fedasync_reaches_85_percent():
     result = fedsim.run(SCENARIOS / "quickstart.yaml", save=False)
     assert result.summary["final_accuracy"] >= 0.85
@@ -21,6 +22,7 @@ def test_quickstart_fedasync_reaches_85_percent():
     assert result.evals["accuracy"].iloc[0] < 0.3
 
 
+@pytest.mark.slow
 def test_quickstart_fedavg_reaches_85_percent():
     # Synchronous rounds wait for the 10x stragglers, so FedAvg needs a longer horizon in
     # simulated time for the same accuracy: that is the point of the simulator.

@@ -207,6 +207,7 @@ def test_collect_of_a_partial_sweep_holds_the_finished_cells(tmp_path, base_file
     assert "(3 already finished)" in err and "4/4 cells" in err and "ETA" in err
 
 
+@pytest.mark.slow
 def test_local_pool_and_ray_give_the_same_table(tmp_path, base_file):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'fedsim[ray]')")
     assert not ray.is_initialized()

@@ -48,7 +48,7 @@ from tests.theory import (
     mean_tolerance,
 )
 
-pytestmark = pytest.mark.validation
+pytestmark = [pytest.mark.validation, pytest.mark.slow]
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
