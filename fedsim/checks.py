@@ -82,31 +82,34 @@ def check_memory(scenario: Any, model_bytes: int, available: int | None = None) 
             )
 
 
-def model_nbytes(scenario: Any) -> int:
-    """Bytes of the scenario's model parameters, built on the ``meta`` device (nothing allocated)."""
+def model_nbytes(scenario: Any, data: Any = None) -> int:
+    """Bytes of the scenario's model parameters, built on the ``meta`` device (nothing allocated).
+    ``data``: the arrays passed to ``fedsim.run(data=...)``, if any."""
     import torch
 
     from fedsim.learning.data import dataset_info
     from fedsim.learning.models import build_model
 
+    info = dataset_info(scenario.data, data)  # outside the meta device: it may read arrays
     with torch.device("meta"):
-        _module, spec = build_model(scenario.model, dataset_info(scenario.data))
+        _module, spec = build_model(scenario.model, info)
     return int(spec.nbytes())
 
 
-def check_runnable(scenario: Any) -> None:
+def check_runnable(scenario: Any, data: Any = None) -> None:
     """Raise the ScenarioError the run would raise before its first event, without training.
 
     Checks the memory the clients and the model need, opens the dataset's files and reads their
     headers (sizes, shapes, label ranges; not the images), compares the training samples with the
-    clients, and builds the topology (graph and mixing files, connectivity).
+    clients, and builds the topology (graph and mixing files, connectivity). ``data`` is the
+    :class:`fedsim.Dataset` passed to ``fedsim.run(data=...)``, if any (checked in its place).
     """
     from fedsim.learning.data import check_data
     from fedsim.rng import SeedStreams
 
-    check_memory(scenario, model_nbytes(scenario) if scenario.training is not None else 0)
+    check_memory(scenario, model_nbytes(scenario, data) if scenario.training is not None else 0)
     if scenario.training is not None:
-        check_data(scenario.data, scenario.clients.count)
+        check_data(scenario.data, scenario.clients.count, data)
     if scenario.topology is not None:
         from fedsim.topology import build_topology
 

@@ -43,6 +43,7 @@ from fedsim.learning.user_data import (
     check_npz,
     check_owners,
     import_dataset,
+    in_memory_data,
     load_npz,
     resolve_path,
 )
@@ -58,11 +59,13 @@ DatasetName = Literal[
     "cifar10",
     "npz",
     "import",
+    "memory",
 ]
 FILE_DATASETS = ("mnist_idx", "fashion_mnist_idx", "cifar10")
 """Datasets read from local files under ``data.path``."""
-USER_DATASETS = ("npz", "import")
-"""A user's own data: an .npz file (``data.path``) or a loader (``data.target``)."""
+USER_DATASETS = ("npz", "import", "memory")
+"""A user's own data: an .npz file (``data.path``), a loader (``data.target``), or arrays passed
+to ``fedsim.run(data=...)`` (``memory``)."""
 
 
 class SyntheticClassification(Section):
@@ -134,7 +137,8 @@ class DataConfig(Section):
     synthetic_classification, synthetic_regression (generated from the seed), mnist1d (generated
     offline by the mnist1d package, cached), mnist_idx, fashion_mnist_idx (IDX files under path),
     cifar10 (the python pickles under path), npz (your own arrays in the .npz file path), import
-    (your own loader, data.target)."""
+    (your own loader, data.target), memory (the arrays passed to fedsim.run(data=...); fedsim.run
+    sets it)."""
     test_fraction: float = Field(0.2, gt=0, lt=1)
     """Share of samples held out as the server's test set (datasets with their own test split,
     mnist1d, mnist_idx, fashion_mnist_idx and cifar10, use that split instead)."""
@@ -670,6 +674,31 @@ def _import(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData
     return _user_raw(loaded[0])
 
 
+def _memory(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    _no_arrays()
+    raise AssertionError  # pragma: no cover
+
+
+def _given(config: Any, user_data: Dataset | None) -> Dataset | None:
+    """The arrays that replace the config's dataset: those passed, else for dataset memory those
+    of the enclosing ``using_data`` block (a one-line error when there are none)."""
+    if user_data is not None or getattr(config, "dataset", None) != "memory":
+        return user_data
+    found = in_memory_data()
+    if found is None:
+        _no_arrays()
+    return found
+
+
+def _no_arrays() -> None:
+    raise ScenarioError(
+        "dataset memory holds the arrays passed to fedsim.run(data=fedsim.Dataset(...)); none "
+        "were passed (a saved scenario of such a run needs them again)",
+        path="data.dataset",
+        value="memory",
+    )
+
+
 def check_user_data(
     config: DataConfig,
     n_clients: int,
@@ -681,6 +710,7 @@ def check_user_data(
     loader once; or arrays passed in) as loading would; return the number of training samples.
     With the natural partition, every owner must be a client and every client own a sample."""
     natural = isinstance(config.partition, NaturalPartition)
+    user_data = _given(config, user_data)
     if user_data is None and config.dataset == "npz":
         assert config.path is not None
         _info, n_train = check_npz(
@@ -743,6 +773,7 @@ DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {
     "cifar10": (DatasetInfo("cifar10", 3072, 10, (3, 32, 32)), _cifar10),
     "npz": (DatasetInfo("npz", 1, 1, has_owners=True), _npz),
     "import": (DatasetInfo("import", 1, 1, has_owners=True), _import),
+    "memory": (DatasetInfo("memory", 1, 1, has_owners=True), _memory),
 }
 """Dataset name → (info with default parameters, loader). The info of npz and import is a
 placeholder: their shapes come from the data (``dataset_info(config)``)."""
@@ -759,6 +790,7 @@ def dataset_info(
     the config names. An npz file is read for its headers and labels only; an import loader is
     called once (its arrays are kept for the run). Relative paths are resolved against
     ``base_dir`` (the scenario file's folder), else the working directory."""
+    user_data = _given(dataset, user_data)
     if user_data is not None:
         n_classes = dataset.n_classes if isinstance(dataset, DataConfig) else None
         return check_dataset(user_data, key="data", n_classes=n_classes)[1]
@@ -826,6 +858,7 @@ def check_data(
     """Check what loading would check, reading headers and labels but not samples; return the
     number of training samples. Every client needs at least one. ``user_data`` and ``base_dir``
     as for :func:`load_federated`."""
+    user_data = _given(config, user_data)
     name = config.dataset if user_data is None else "the dataset"
     if user_data is not None or config.dataset in USER_DATASETS:
         n_train = check_user_data(config, n_clients, user_data, base_dir=base_dir)
@@ -883,6 +916,7 @@ def load_federated(
     names; ``config.partition`` and ``config.n_classes`` still apply. ``base_dir`` is the folder
     relative paths (an npz file, a loader's .py file) are read from; None: the working directory.
     """
+    user_data = _given(config, user_data)
     if user_data is not None or config.dataset in USER_DATASETS:
         if user_data is not None:
             checked, info = check_dataset(user_data, key="data", n_classes=config.n_classes)

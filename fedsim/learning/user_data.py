@@ -18,7 +18,9 @@ import json
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,29 @@ class Dataset:
     def info(self, key: str = "data"):
         """The :class:`~fedsim.learning.data.DatasetInfo` of these arrays (checked)."""
         return check_dataset(self, key=key)[1]
+
+
+_IN_MEMORY: ContextVar[Dataset | None] = ContextVar("fedsim_in_memory_data", default=None)
+
+
+@contextmanager
+def using_data(data: Any) -> Iterator[Dataset | None]:
+    """Within the block, ``data: {dataset: memory}`` means ``data`` (what ``fedsim.run(data=...)``
+    was given: a :class:`Dataset`, or a dict or object with the same arrays). None: no change."""
+    if data is None:
+        yield None
+        return
+    dataset = as_dataset(data, key="data", where="fedsim.run(data=...)")
+    token = _IN_MEMORY.set(dataset)
+    try:
+        yield dataset
+    finally:
+        _IN_MEMORY.reset(token)
+
+
+def in_memory_data() -> Dataset | None:
+    """The arrays of the enclosing :func:`using_data` block, or None."""
+    return _IN_MEMORY.get()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,7 +287,7 @@ def check_dataset(
     key: str = "data",
     where: str = "the dataset",
     n_classes: int | None = None,
-    name: str = "user",
+    name: str = "memory",
 ) -> tuple[Dataset, Any]:
     """The dataset as checked NumPy arrays (x float32, labels int64 or float32, owners int64)
     and its info; a one-line ScenarioError at ``key`` for anything wrong."""
@@ -480,6 +505,13 @@ def as_dataset(obj: Any, *, key: str, where: str) -> Dataset:
 
     if isinstance(obj, Dataset):
         return obj
+    if isinstance(obj, Mapping) and set(obj) & set(ARRAYS) and not set(obj) >= set(ARRAYS):
+        missing = [k for k in ARRAYS if k not in obj]
+        raise ScenarioError(
+            f"{where} returned a dict that has no {', '.join(missing)} (it holds "
+            f"{', '.join(map(str, obj))}; needed: {', '.join(ARRAYS)}, optionally {OWNERS})",
+            path=key,
+        )
     if isinstance(obj, Mapping) and set(obj) >= set(ARRAYS):
         extra = {k: obj[k] for k in (OWNERS, "n_classes") if k in obj}
         return Dataset(*(obj[k] for k in ARRAYS), **extra)
