@@ -3,7 +3,8 @@
 Every partition assigns every training sample to exactly one client. Label-skew partitions
 (``dirichlet``, ``shards``) read class labels; for a regression dataset the loader passes quantile
 bins of the target instead, so they skew the target's range. ``natural`` needs the dataset to say
-who owns each sample (the synthetic datasets generate their samples per client).
+who owns each sample (the synthetic datasets generate their samples per client; your own data may
+give ``owner_train``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class NaturalPartition(Section):
     """The dataset's own owners: client i holds the samples generated for (or written by) client i.
 
     Only for datasets that have owners: ``synthetic_classification`` and ``synthetic_regression``
-    generate each client's samples separately (with its own feature shift).
+    generate each client's samples separately (with its own feature shift); ``npz``, ``import``
+    and ``memory`` data with ``owner_train`` name the client of every training sample.
     """
 
     kind: Literal["natural"] = "natural"
