@@ -21,7 +21,8 @@ ERROR_CONSOLE = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int) -> None:
-    sys.stderr.write(f"error: {message}\n")
+    """Print ``message`` (each of its lines prefixed with ``error:``) and exit with ``code``."""
+    sys.stderr.write("".join(f"error: {line}\n" for line in message.splitlines() or [""]))
     sys.stderr.flush()
     raise SystemExit(code)
 
@@ -397,8 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.format_message().replace("\n", " "), 2)
     except click.ClickException as exc:
         _fail(exc.format_message().replace("\n", " "), exc.exit_code)
-    except ScenarioError as exc:
-        _fail(str(exc), 2)
+    except ScenarioError as exc:  # one line per problem, each naming FILE:LINE where known
+        _fail("\n".join(exc.lines), 2)
     except SimulationError as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler, PositiveFloat
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PositiveFloat,
+)
 from pydantic_core import PydanticCustomError, core_schema
 
 
@@ -47,9 +54,43 @@ class Section(BaseModel):
         allow_inf_nan=False,
     )
 
+    json_shorthands: ClassVar[dict[str, str | dict[str, Any]]] = {}
+    """Short forms a field accepts besides its schema (a ``mode="before"`` validator turns them
+    into the full form), so that the JSON schema (``fedsim schema``, editors) accepts them too:
+    a tag key (``"kind"``: the field is a tagged union and ``graph: ring`` is short for
+    ``graph: {kind: ring}``), or the JSON schema of the short form itself."""
+
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
         return _no_bool_numbers(handler(source))
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: Any, handler: GetJsonSchemaHandler) -> Any:
+        schema = handler(core)
+        if cls.json_shorthands:
+            target = handler.resolve_ref_schema(schema)
+            for name, short in cls.json_shorthands.items():
+                field = cls.model_fields[name]
+                prop = target["properties"][field.alias or name]
+                target["properties"][field.alias or name] = with_shorthand(prop, short)
+        return schema
+
+
+_KEPT = ("title", "description", "default")
+
+
+def with_shorthand(prop: dict[str, Any], short: str | dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema ``prop`` of a field, also accepting the short form ``short`` (see
+    :attr:`Section.json_shorthands`)."""
+    if isinstance(short, str):  # the tag names of a tagged union
+        names = sorted(prop.get("discriminator", {}).get("mapping", {}))
+        if not names:
+            raise TypeError(f"a {short!r} shorthand needs a tagged union, got {prop}")
+        short = {"type": "string", "enum": names}
+    kept = {key: prop[key] for key in _KEPT if key in prop}
+    full = {key: value for key, value in prop.items() if key not in _KEPT}
+    alternatives = full["anyOf"] if list(full) == ["anyOf"] else [full]
+    return {**kept, "anyOf": [short, *alternatives]}
 
 
 MIN_PERIOD_S = 1e-6
@@ -92,3 +133,11 @@ class DefaultTag:
             return value
 
         return core_schema.no_info_before_validator_function(fill, handler(source))
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> Any:
+        # An untagged section matches the default member and maybe others (their tags have
+        # defaults too): "any of" the members, not "exactly one".
+        schema = handler(core)
+        if "oneOf" in schema:
+            schema = {("anyOf" if key == "oneOf" else key): value for key, value in schema.items()}
+        return schema

@@ -11,8 +11,10 @@ import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
 from pydantic import (
@@ -27,7 +29,7 @@ from pydantic import (
 from fedsim.algorithms import AlgorithmConfig
 from fedsim.algorithms.fedasync import FedAsyncConfig
 from fedsim.config_base import DefaultTag, Period, Section
-from fedsim.errors import ScenarioError
+from fedsim.errors import Problem, ScenarioError
 from fedsim.learning.data import DataConfig
 from fedsim.learning.models import Model, ModelConfig
 from fedsim.learning.trainer import TrainingConfig
@@ -43,7 +45,7 @@ from fedsim.timing import (
     StragglerConfig,
 )
 from fedsim.topology import TopologyConfig
-from fedsim.yamlio import load_yaml, read_yaml_file
+from fedsim.yamlio import KeyLines, load_yaml, read_yaml_file_lines
 
 MAX_EVALS = 10_000_000
 """Most evaluations a run may schedule (stop.time_s / eval.every_s)."""
@@ -108,6 +110,10 @@ def _training_none(value: Any) -> Any:
 
 class Scenario(Section):
     """A complete, validated simulation scenario."""
+
+    json_shorthands: ClassVar[dict[str, Any]] = {
+        "training": {"type": "string", "enum": ["none", "None", "NONE"]}
+    }
 
     name: str = "scenario"
     """Name of the scenario (used in the run directory and plot titles)."""
@@ -266,17 +272,22 @@ class Scenario(Section):
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a scenario file (see :mod:`fedsim.yamlio` for the limits applied)."""
+    return read_yaml_lines(path)[0]
+
+
+def read_yaml_lines(path: str | Path) -> tuple[dict[str, Any], KeyLines]:
+    """:func:`read_yaml` and the line of each key in the file (for errors naming ``FILE:LINE``)."""
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"scenario file not found: {path}")
-    data = read_yaml_file(path, "scenario file")
+    data, lines = read_yaml_file_lines(path, "scenario file")
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ScenarioError(
             f"{path}: a scenario must be a mapping of keys, got {type(data).__name__}"
         )
-    return data
+    return data, lines
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -344,53 +355,111 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     return result
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where the keys of a scenario came from, to name them in errors: the file (and the line of
+    each of its keys) and the key paths set by overrides."""
+
+    file: str | None = None
+    lines: KeyLines = dataclass_field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+
+    def locate(self, message: str, path: str | None) -> Problem:
+        """The problem ``message`` about the key at ``path`` (dotted), with where it was given."""
+        parts = tuple(path.split(".")) if path else ()
+        for given in self.overrides:
+            over = tuple(given.split("."))
+            if parts[: len(over)] == over:
+                return Problem(message, path, override=True)
+        if self.file is None:
+            return Problem(message, path)
+        for n in range(len(parts), 0, -1):  # the key, or its closest section in the file
+            line = self.lines.get(parts[:n])
+            if line is not None:
+                return Problem(message, path, self.file, line)
+        return Problem(message, path, self.file)
+
+
 def load_scenario(
     source: str | Path | Mapping[str, Any] | Scenario,
     overrides: Mapping[str, Any] | Iterable[str] | None = None,
 ) -> Scenario:
-    """A validated Scenario from a path, a dict or a Scenario, with dotted-path overrides."""
+    """A validated Scenario from a path, a dict or a Scenario, with dotted-path overrides.
+
+    Every validation error is reported at once (:attr:`ScenarioError.problems`), each naming the
+    file and line of its key when it came from a file, or the ``--set`` override that gave it.
+    """
+    lines: KeyLines = {}
+    file = None
     if isinstance(source, Scenario):
         data = source.to_dict()
     elif isinstance(source, Mapping):
         data = dict(source)
     else:
-        data = read_yaml(source)
+        data, lines = read_yaml_lines(source)
+        file = str(source)
+    given: tuple[str, ...] = ()
     if overrides:
         if not isinstance(overrides, Mapping):
             overrides = dict(parse_override(o) for o in overrides)
+        given = tuple(overrides)
         data = apply_overrides(data, overrides)
         for path in overrides:
             _check_override_path(path, data)
+    where = Source(file, lines, given)
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise scenario_error(exc, data) from None
+        raise scenario_error(exc, data, where) from None
 
 
-def scenario_error(exc: ValidationError, data: Any) -> ScenarioError:
-    """The first validation error as a one-line ScenarioError naming the key path and value."""
-    err = exc.errors(include_url=False)[0]
+def scenario_error(exc: ValidationError, data: Any, source: Source | None = None) -> ScenarioError:
+    """Every validation error, one problem per key path (the first error of each), each naming
+    the key path and value, and where the key was given (``source``). Problems are in the order
+    of their lines in the file, then those with no line in pydantic's order."""
+    source = source or Source()
+    problems: list[Problem] = []
+    values: list[Any] = []
+    seen: set[str | None] = set()
+    for err in exc.errors(include_url=False):
+        message, path, value = _describe(err, data)
+        if path in seen:  # several union members failing on one key: its first error says it
+            continue
+        seen.add(path)
+        problems.append(source.locate(message, path))
+        values.append(value)
+    order = sorted(
+        range(len(problems)),
+        key=lambda i: (problems[i].line is None, problems[i].line or 0, i),
+    )
+    return ScenarioError.of([problems[i] for i in order], value=values[order[0]])
+
+
+def _describe(err: Any, data: Any) -> tuple[str, str | None, Any]:
+    """One pydantic error as (message, dotted key path, bad value)."""
     path, _node = _user_path(err["loc"], data)
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
+    raised = ctx.get("error")
+    if isinstance(raised, ScenarioError) and not path and raised.path:
+        # A model-level rule that names the key itself (Scenario._cross_checks).
+        return raised.message, raised.path, raised.value
     if kind == "extra_forbidden":
         key = path.rsplit(".", 1)[-1]
         parent = path.rsplit(".", 1)[0] if "." in path else ""
         known = _known_keys(parent, data)
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        return ScenarioError(f"unknown key{hint} (known: {', '.join(known)})", path=path, value=key)
+        return f"unknown key{hint} (known: {', '.join(known)})", path, key
     if kind == "union_tag_invalid":
         tags = ctx.get("expected_tags", "")
         tag_key = ctx.get("discriminator", "").strip("'")
         full = f"{path}.{tag_key}" if path else tag_key
-        return ScenarioError(
-            f"unknown name {ctx.get('tag')!r}; known: {tags.replace(chr(39), '')}", path=full
-        )
+        return f"unknown name {ctx.get('tag')!r}; known: {tags.replace(chr(39), '')}", full, None
     if kind == "union_tag_not_found":
         tag_key = ctx.get("discriminator", "").strip("'")
-        return ScenarioError(f"missing key {tag_key!r}", path=path)
+        return f"missing key {tag_key!r}", path, None
     messages = {
         "greater_than": lambda: f"must be > {ctx.get('gt')}",
         "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
@@ -419,7 +488,7 @@ def scenario_error(exc: ValidationError, data: Any) -> ScenarioError:
         message = message[:1].lower() + message[1:]
     shown = _show(value)
     suffix = "" if kind == "value_error" or shown is None else f", got {shown}"
-    return ScenarioError(f"{message}{suffix}", path=path or None, value=value)
+    return f"{message}{suffix}", path or None, value
 
 
 def _show(value: Any) -> str | None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Integral
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import networkx as nx
 import numpy as np
@@ -279,6 +279,10 @@ def _shorthand(value: Any) -> Any:
 class TopologyConfig(Section):
     """Servers (or peers) linked by a graph, for multi-server and decentralized algorithms."""
 
+    json_shorthands: ClassVar[dict[str, Any]] = {
+        "graph": "kind",
+        "mixing": "kind",
+    }  # graph: ring (see _kind_shorthand)
     servers: PositiveInt = 5
     """Number of servers (or peers): the nodes of the graph."""
     graph: GraphConfig = Field(default_factory=RingGraph)

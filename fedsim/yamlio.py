@@ -125,9 +125,7 @@ StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", StrictLoader._as_str
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     def __init__(self, key: Any, first: int, again: int, mark: Any) -> None:
-        super().__init__(
-            None, None, f"duplicate key {key!r} (line {first} and line {again})", mark
-        )
+        super().__init__(None, None, f"duplicate key {key!r} (line {first} and line {again})", mark)
 
 
 def _check_size(root: yaml.Node, path: str | Path) -> None:
@@ -171,15 +169,62 @@ def _check_size(root: yaml.Node, path: str | Path) -> None:
     size(root, 0)
 
 
+KeyLines = dict[tuple[str, ...], int]
+"""The line (from 1) of every mapping key of a document, by its key path: ``("clients", "count")``;
+list items are numbered from ``"0"``."""
+
+
+def key_lines(root: yaml.Node | None) -> KeyLines:
+    """The line of every key under ``root``, merge keys (``<<``) included: a merged key is at the
+    line of the ``<<`` that brought it, unless the mapping gives the key itself."""
+    lines: KeyLines = {}
+    if root is None:
+        return lines
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            merged: list[tuple[yaml.Node, int]] = []
+            for key_node, value in node.value:
+                line = key_node.start_mark.line + 1
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                    merged += [(s, line) for s in sources if isinstance(s, yaml.MappingNode)]
+                    continue
+                if isinstance(key_node, yaml.ScalarNode):
+                    lines[(*prefix, str(key_node.value))] = line
+                    walk(value, (*prefix, str(key_node.value)))
+            for source, line in merged:
+                for key_node, value in source.value:
+                    if not isinstance(key_node, yaml.ScalarNode):
+                        continue
+                    key = (*prefix, str(key_node.value))
+                    if key not in lines:
+                        lines[key] = line
+                        walk(value, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*prefix, str(i))] = item.start_mark.line + 1
+                walk(item, (*prefix, str(i)))
+
+    walk(root, ())
+    return lines
+
+
 def load_yaml(text: str, path: str | Path) -> Any:
     """Parse one YAML document of ``path`` (already read) with every limit applied."""
+    return load_yaml_lines(text, path)[0]
+
+
+def load_yaml_lines(text: str, path: str | Path) -> tuple[Any, KeyLines]:
+    """The document of ``path`` (already read) and the line of each of its keys (:func:`key_lines`),
+    so that an error about a value can name the line of its key."""
     loader = StrictLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            return None
-        _check_size(node, path)
-        return loader.construct_document(node)
+            return None, {}
+        _check_size(node, path)  # before walking it: the walk expands aliases
+        return loader.construct_document(node), key_lines(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -207,3 +252,8 @@ def load_yaml(text: str, path: str | Path) -> Any:
 def read_yaml_file(path: str | Path, what: str = "scenario file") -> Any:
     """The YAML document in ``path``: size-capped, UTF-8, duplicate keys and alias bombs refused."""
     return load_yaml(read_text(path, what, MAX_YAML_BYTES), path)
+
+
+def read_yaml_file_lines(path: str | Path, what: str = "scenario file") -> tuple[Any, KeyLines]:
+    """:func:`read_yaml_file` and the line of each key of the document (:func:`key_lines`)."""
+    return load_yaml_lines(read_text(path, what, MAX_YAML_BYTES), path)

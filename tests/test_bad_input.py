@@ -201,7 +201,7 @@ def test_override_values_use_the_same_reader(tmp_path, capsys):
     assert line == "--set name:1: !!binary values are not allowed in fedsim files"
     # Text that is not YAML stays a string (and fails validation where a string is wrong).
     line, _ = _refused(path, capsys, "clients.count=[1")
-    assert line == 'clients.count: must be an integer, got "[1"'
+    assert line == '--set clients.count: must be an integer, got "[1"'
 
 
 @pytest.mark.parametrize("where", ["sweep", "base"])
@@ -370,16 +370,19 @@ def test_refused_at_validation(tmp_path, capsys, text, expected):
     path = tmp_path / "s.yaml"
     path.write_text(text + "\n")
     line, api = _refused(path, capsys)
-    assert line == api == expected
+    # Each case gives one section per line: the line is the one of the offending key's section.
+    section = expected.split(":")[0].split(".")[0]
+    number = next(i for i, row in enumerate(text.splitlines(), 1) if row.startswith(f"{section}:"))
+    assert line == api == f"{path}:{number}: {expected}"
 
 
 def test_finite_and_strict_numbers_through_overrides(tmp_path, capsys):
     path = tmp_path / "s.yaml"
     path.write_text("name: x\n")
     line, _ = _refused(path, capsys, "stop.time_s=.inf")
-    assert line == "stop.time_s: must be a finite number, got inf"
+    assert line == "--set stop.time_s: must be a finite number, got inf"
     line, _ = _refused(path, capsys, "clients.count=true")
-    assert line == "clients.count: must be an integer, got true"
+    assert line == "--set clients.count: must be an integer, got true"
 
 
 def test_legitimate_values_still_pass():
@@ -572,17 +575,20 @@ TOPOLOGY_CASES = [
     (
         "dfl without topology",
         "training: none\nalgorithm: {name: dfl}\n",
+        None,  # the file has no topology key: the line names the file alone
         "topology: algorithm dfl needs a topology: section (servers, graph, mixing)",
     ),
     (
         "dsgd two clients per server",
         "training: none\nalgorithm: {name: dsgd}\ntopology: {servers: 4, clients_per_server: 2}\n",
+        3,
         "topology.clients_per_server: dsgd peers train on their own data: every server needs "
         "exactly one client (clients_per_server: 1)",
     ),
     (
         "drpga with dropout",
         "algorithm: {name: drpga}\nclients: {dropout: {prob: 0.1}}\n",
+        2,
         "clients.dropout.prob: drpga averages every client every round; set clients.dropout.prob "
         "to 0",
     ),
@@ -590,13 +596,16 @@ TOPOLOGY_CASES = [
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"), [c[1:] for c in TOPOLOGY_CASES], ids=[c[0] for c in TOPOLOGY_CASES]
+    ("text", "number", "expected"),
+    [c[1:] for c in TOPOLOGY_CASES],
+    ids=[c[0] for c in TOPOLOGY_CASES],
 )
-def test_algorithm_rules_are_validation_errors(tmp_path, capsys, text, expected):
+def test_algorithm_rules_are_validation_errors(tmp_path, capsys, text, number, expected):
     path = tmp_path / "s.yaml"
     path.write_text(text)
     line, api = _refused(path, capsys)
-    assert line == api == expected
+    where = f"{path}:{number}" if number is not None else f"{path}"
+    assert line == api == f"{where}: {expected}"
 
 
 def test_disconnected_graph_and_bad_mixing_files_are_caught_by_validate(tmp_path, capsys):
@@ -677,3 +686,145 @@ def test_collect_of_a_malformed_manifest(tmp_path, capsys, manifest):
     (tmp_path / "sweep.json").write_bytes(b"\xff\x00 not json")
     line = _one_line_error(["collect", str(tmp_path)], capsys)
     assert line == f"not a fedsim sweep directory (no readable sweep.json): {tmp_path}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keys that mean something at infinity opt out of the finite rule
+
+
+def test_centered_clipping_tau_inf_is_the_mean(tmp_path, capsys):
+    import torch
+
+    from fedsim.robust.aggregators import aggregate
+
+    path = tmp_path / "cc.yaml"
+    path.write_text("aggregator: {name: centered_clipping, tau: .inf, iters: 1, center: zero}\n")
+    cfg = fedsim.load_scenario(path).aggregator
+    assert cfg.tau == float("inf")
+    u = torch.tensor([[0.0, 0.0], [2.0, 0.0], [100.0, 4.0]], dtype=torch.float64)
+    assert torch.allclose(aggregate(cfg, u, torch.ones(3, dtype=torch.float64)), u.mean(0))
+    # NaN still is no radius.
+    path.write_text("aggregator: {name: centered_clipping, tau: .nan}\n")
+    line, api = _refused(path, capsys)
+    assert line == api == f"{path}:1: aggregator.tau: must be >= 0.0, got nan"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every error at once, each with the line of its key
+
+
+MANY_ERRORS = """\
+name: many
+seed: -1
+clients:
+  count: 0
+  compute:
+    mean_s: -2
+stop:
+  time_s: .nan
+bogus: 1
+"""
+
+
+def test_every_error_is_reported_with_its_line(tmp_path, capsys):
+    path = tmp_path / "many.yaml"
+    path.write_text(MANY_ERRORS)
+    code, _out, err = _cli(["validate", str(path)], capsys)
+    assert code == 2
+    expected = [
+        f"{path}:2: seed: must be >= 0, got -1",
+        f"{path}:4: clients.count: must be > 0, got 0",
+        f"{path}:6: clients.compute.mean_s: must be > 0.0, got -2",
+        f"{path}:8: stop.time_s: must be a finite number, got nan",
+        f"{path}:9: bogus: unknown key (known: name, seed, stop, data, model, training, clients, "
+        "algorithm, aggregator, screening, byzantine, topology, eval, output)",
+    ]
+    assert err.splitlines() == [f"error: {line}" for line in expected]
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.load_scenario(path)
+    exc = info.value
+    assert str(exc) == "\n".join(expected)
+    assert exc.lines == expected
+    assert (exc.path, exc.message, exc.value) == ("seed", "must be >= 0, got -1", -1)
+    assert [(p.path, p.line) for p in exc.problems] == [
+        ("seed", 2),
+        ("clients.count", 4),
+        ("clients.compute.mean_s", 6),
+        ("stop.time_s", 8),
+        ("bogus", 9),
+    ]
+
+
+def test_errors_from_overrides_name_the_override(tmp_path, capsys):
+    path = tmp_path / "many.yaml"
+    path.write_text(MANY_ERRORS)
+    code, _out, err = _cli(
+        ["validate", str(path), "--set", "clients.count=-3", "--set", "seed=1"], capsys
+    )
+    assert code == 2
+    assert err.splitlines() == [
+        f"error: {path}:6: clients.compute.mean_s: must be > 0.0, got -2",
+        f"error: {path}:8: stop.time_s: must be a finite number, got nan",
+        f"error: {path}:9: bogus: unknown key (known: name, seed, stop, data, model, training, "
+        "clients, algorithm, aggregator, screening, byzantine, topology, eval, output)",
+        "error: --set clients.count: must be > 0, got -3",
+    ]
+    # A section replaced by an override: the keys under it came from the override.
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.load_scenario(path, {"clients": {"compute": {"mean_s": 0}}, "seed": 0})
+    assert "--set clients.compute.mean_s: must be > 0.0, got 0" in info.value.lines
+
+
+def test_errors_without_a_file_have_no_location():
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.load_scenario({"seed": -1, "clients": {"count": True}})
+    assert str(info.value) == (
+        "seed: must be >= 0, got -1\nclients.count: must be an integer, got true"
+    )
+    assert info.value.path == "seed"
+
+
+def test_a_key_missing_from_the_file_names_its_section_or_the_file(tmp_path):
+    path = tmp_path / "s.yaml"
+    # eval.every_s is not in the file: its section's line is given, else the file alone.
+    path.write_text("name: x\nstop: {time_s: 1.0e+6, max_updates: 5}\n")
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.load_scenario(path, ["eval.every_s=0.01"])
+    assert str(info.value).startswith("--set eval.every_s: 1e+06 s / 0.01 s")
+    path.write_text("name: x\nstop: {time_s: 1.0e+6}\nalgorithm: {name: dfl}\n")
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.load_scenario(path)
+    assert str(info.value).startswith(f"{path}: topology: algorithm dfl needs a topology")
+    path.write_text("name: x\nstop: {time_s: 1.0e+9}\neval: {}\n")
+    with pytest.raises(fedsim.ScenarioError, match=rf"^{path}:3: eval\.every_s: 1e\+09 s"):
+        fedsim.load_scenario(path)
+    path.write_text("name: x\nstop: {time_s: 1.0e+6}\neval:\n  every_s: 0.01\n")
+    with pytest.raises(fedsim.ScenarioError, match=rf"^{path}:4: eval\.every_s: 1e\+06 s"):
+        fedsim.load_scenario(path)
+
+
+def test_lines_follow_aliases_merges_and_lists(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: x\n"
+        "shared: &c\n"
+        "  dist: constant\n"
+        "  mean_s: -1\n"
+        "clients:\n"
+        "  compute: *c\n"
+        "  network:\n"
+        "    <<: {latency_s: -5}\n"
+        "model:\n"
+        "  hidden:\n"
+        "    - 8\n"
+        "    - 0\n"
+    )
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.load_scenario(path)
+    assert info.value.lines == [
+        f"{path}:2: shared: unknown key; did you mean 'seed'? (known: name, seed, stop, data, model, training, clients, "
+        "algorithm, aggregator, screening, byzantine, topology, eval, output)",
+        f"{path}:4: clients.compute.mean_s: must be > 0.0, got -1",
+        f"{path}:8: clients.network.latency_s: must be >= 0.0, got -5",
+        f"{path}:12: model.hidden.1: must be > 0, got 0",
+    ]

@@ -174,7 +174,7 @@ def test_console_script_really_exits_2(tmp_path):
         [sys.executable, "-m", "fedsim.cli", "validate", str(path)], capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: clients.compute.mean_s: must be > 0.0, got -1"
+    assert proc.stderr.strip() == f"error: {path}:1: clients.compute.mean_s: must be > 0.0, got -1"
 
 
 def test_run_writes_run_directory_and_summary(tmp_path, capsys, small_learning):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Generator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import simpy
 import torch
@@ -43,6 +43,9 @@ from fedsim.errors import ScenarioError
 class FedAstConfig(Section):
     """Federated asynchronous simultaneous training of several tasks (FedAST)."""
 
+    json_shorthands: ClassVar[dict[str, Any]] = {
+        "dispatch_policy": {"const": "on_arrival"}
+    }  # see _alias
     name: Literal["fedast"] = "fedast"
     """Selects this variant."""
     tasks: list[TaskConfig] = Field(default_factory=list)

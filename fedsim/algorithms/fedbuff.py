@@ -13,7 +13,7 @@ Arrivals are added to a buffer with staleness weight ``s(k)`` (default ``1/sqrt(
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import simpy
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
@@ -27,6 +27,9 @@ from fedsim.config_base import Section
 class FedBuffConfig(Section):
     """Buffered asynchronous aggregation."""
 
+    json_shorthands: ClassVar[dict[str, Any]] = {
+        "dispatch_policy": {"const": "on_arrival"}
+    }  # see _alias
     name: Literal["fedbuff"] = "fedbuff"
     """Selects this variant."""
     concurrency: PositiveInt = 20

@@ -456,7 +456,7 @@ class CenteredClippingConfig(Section):
     """Centred clipping around a starting point."""
 
     name: Literal["centered_clipping"] = "centered_clipping"
-    tau: float = Field(10.0, ge=0)
+    tau: float = Field(10.0, ge=0, allow_inf_nan=True)
     """Clipping radius τ (same units as an update's L2 norm; .inf gives the mean with iters 1)."""
     iters: int = Field(3, ge=1)
     """Clipping iterations L."""
