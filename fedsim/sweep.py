@@ -14,7 +14,6 @@ depends only on the sweep file, not on ``--jobs``, the backend or interruptions.
 from __future__ import annotations
 
 import difflib
-import io
 import itertools
 import json
 import logging
@@ -585,8 +584,6 @@ def collect_cells(out: str | Path, *, write: bool = True) -> tuple[pd.DataFrame,
     """
     from pyarrow import ArrowException
 
-    from fedsim.recorder import read_table
-
     out = Path(out)
     try:
         manifest = json.loads((out / MANIFEST).read_text())
@@ -602,7 +599,7 @@ def collect_cells(out: str | Path, *, write: bool = True) -> tuple[pd.DataFrame,
         summary, problem = cell_state(out / entry["dir"], entry["hash"])
         if summary is not None:
             try:
-                evals = read_table(out / entry["dir"] / "evals.parquet")
+                evals = _read_parquet(out / entry["dir"] / "evals.parquet")
             except (OSError, ValueError, ArrowException):
                 summary, problem = None, "evals.parquet is unreadable"
         if problem is not None:
@@ -629,14 +626,38 @@ def collect_cells(out: str | Path, *, write: bool = True) -> tuple[pd.DataFrame,
         else:
             table[col] = pd.to_numeric(table[col], errors="coerce").astype("float64")
     # Round-trip through Parquet so the table returned has exactly the dtypes of the file.
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
+    data = _parquet_bytes(table)
     if write:
         tmp = out / (RESULTS + ".tmp")
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(data)
         tmp.replace(out / RESULTS)
-    buffer.seek(0)
-    return pd.read_parquet(buffer), len(frames), len(entries)
+    return _read_parquet(data), len(frames), len(entries)
+
+
+# Parquet I/O of the sweep process itself, on the calling thread only. Arrow reads through a Python
+# file object (``pd.read_parquet(io.BytesIO(...))``) with its I/O and CPU thread pools, and a pool
+# thread still busy (read-ahead) when the interpreter exits is killed while it waits for the GIL:
+# its C++ frames are unwound by pthread_exit and the process aborts with "terminate called without
+# an active exception" (apache/arrow#34314, #39862). The sweep's last act was such a read. Read
+# from bytes in memory with ``use_threads=False``, Arrow starts no thread, so none is left at exit.
+
+
+def _parquet_bytes(table: pd.DataFrame) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False, nthreads=1), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _read_parquet(source: bytes | Path) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = source if isinstance(source, bytes) else source.read_bytes()  # a path's reads use a pool
+    table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False, use_pandas_metadata=True)
+    return table.to_pandas(use_threads=False)
 
 
 def _cell_columns(entries: list[dict[str, Any]]) -> pd.DataFrame:

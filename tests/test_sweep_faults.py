@@ -225,3 +225,43 @@ def test_kill_9_of_a_sweep_leaves_no_process_running(tmp_path, small_learning):
     assert survivors == [], f"{len(survivors)} of {len(children)} processes outlived the sweep"
     # The killed cells did not finish: the next sweep runs them (none is counted as done).
     assert not list(out.glob("cells/*/summary.json"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep process leaves no native thread behind at exit
+
+THREADS_AFTER_SWEEP = """
+import os, sys
+import pyarrow, torch  # their own threads (jemalloc's, torch's) start at import: counted in before
+from fedsim.sweep import collect, run_sweep
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+if __name__ == "__main__":
+    before = threads()
+    run_sweep(sys.argv[1], sys.argv[2], jobs=2, progress=False)
+    collect(sys.argv[2])
+    print(before, threads())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_sweep_leaves_no_arrow_thread_to_abort_at_exit(tmp_path, small_learning):
+    """The exit abort ("terminate called without an active exception") needs a native thread that
+    is still alive when the interpreter exits: the sweep process starts none that outlives it."""
+    path = write_sweep(
+        tmp_path,
+        {**small_learning, "training": "none", "stop": {"time_s": 30}},
+        {"clients.count": [6, 9]},
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", THREADS_AFTER_SWEEP, str(path), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    before, after = map(int, proc.stdout.split())
+    assert after == before, f"{after - before} more threads after the sweep than before"
