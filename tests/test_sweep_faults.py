@@ -7,6 +7,7 @@ one line (``fedsim collect``); ``kill -9`` of ``fedsim sweep --jobs 2`` leaves n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from fedsim.sweep import cell_state, collect_cells, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,86 +48,85 @@ def write_sweep(tmp_path: Path, scenario: dict, grid: dict, fixed: dict | None =
     return path
 
 
-def test_damaged_finished_cells_run_again_and_collect_skips_them(tmp_path, small_learning):
+def test_damaged_finished_cells_run_again_and_collect_skips_them(tmp_path, small_learning, caplog):
     path = write_sweep(
         tmp_path,
-        {**small_learning, "stop": {"time_s": 15}, "clients": {"count": 8}},
-        {"algorithm.name": ["fedasync", "fedbuff"], "clients.stragglers.fraction": [0.0, 0.3]},
-        {"algorithm.concurrency": 3},
+        {**small_learning, "training": "none", "stop": {"time_s": 30}},
+        {"clients.count": [6, 7, 8, 9, 10]},
     )
     out = tmp_path / "out"
-    first = fedsim_cli("sweep", path, "--out", out, "-q")
-    assert first.returncode == 0, first.stderr
-    assert "4 cells (4 run, 0 already finished)" in first.stdout
+    first = run_sweep(path, out, progress=False)
+    assert (first.ran, first.skipped) == (5, 0)
     whole = pd.read_parquet(out / "results.parquet")
     cells = [c["dir"] for c in json.loads((out / "sweep.json").read_text())["cells"]]
     events = {c: (out / c / "events.parquet").read_bytes() for c in cells}
 
     # What a kill, a full disk or a user leaves in a cell that had finished.
-    intact, cut_evals, no_events, cut_summary = cells
-    (out / cut_evals / "evals.parquet").write_bytes(
-        (out / cut_evals / "evals.parquet").read_bytes()[:4]
-    )
+    intact, cut_evals, no_events, cut_summary, half_events = cells
+    for cell, name, keep in [
+        (cut_evals, "evals.parquet", 4),
+        (cut_summary, "summary.json", 4),
+        (half_events, "events.parquet", len(events[half_events]) // 2),
+    ]:
+        (out / cell / name).write_bytes((out / cell / name).read_bytes()[:keep])
     (out / no_events / "events.parquet").unlink()
-    (out / cut_summary / "summary.json").write_bytes(
-        (out / cut_summary / "summary.json").read_bytes()[:4]
-    )
     intact_mtime = (out / intact / "summary.json").stat().st_mtime_ns
-
-    # collect: exit 0, the intact cell's rows, one line naming the three damaged cells.
-    collected = fedsim_cli("collect", out)
-    assert collected.returncode == 0, collected.stderr
-    assert "1 of 4 cells finished" in collected.stdout
-    warning = collected.stderr.strip().splitlines()
-    assert len(warning) == 1, collected.stderr
-    assert warning[0].startswith("warning: 3 of 4 cells finished but their files are damaged")
-    for cell, what in [
+    damage = [
         (cut_evals, "evals.parquet is unreadable"),
         (no_events, "events.parquet is missing"),
         (cut_summary, "summary.json is unreadable"),
-    ]:
-        assert f"{cell} ({what})" in warning[0]
-    partial = pd.read_parquet(out / "results.parquet")
-    pd.testing.assert_frame_equal(
-        partial, whole[whole["cell"] == Path(intact).name].reset_index(drop=True)
-    )
+        (half_events, "events.parquet is unreadable"),
+    ]
 
-    # sweep: the three run again (into their own directories), the intact one does not.
+    # collect: exit 0, the intact cell's rows, one line naming the damaged cells.
+    collected = fedsim_cli("collect", out)
+    assert collected.returncode == 0, collected.stderr
+    assert "1 of 5 cells finished" in collected.stdout
+    warning = collected.stderr.strip().splitlines()
+    assert len(warning) == 1, collected.stderr
+    assert warning[0].startswith("warning: 4 of 5 cells finished but their files are damaged")
+    assert "skipped (`fedsim sweep` runs them again)" in warning[0]
+    shown = [f"{cell} ({what})" for cell, what in damage]
+    assert sum(s in warning[0] for s in shown) == 3 and "and 1 more" in warning[0]
+    partial = pd.read_parquet(out / "results.parquet")
+    expected = whole[whole["cell"] == Path(intact).name].reset_index(drop=True)
+    pd.testing.assert_frame_equal(partial, expected)
+
+    # sweep: the damaged cells run again (into their own directories), the intact one does not.
     again = fedsim_cli("sweep", path, "--out", out, "-q")
     assert again.returncode == 0, again.stderr
-    assert "4 cells (3 run, 1 already finished)" in again.stdout
-    assert "3 of 4 cells finished but their files are damaged, run again" in again.stderr
+    assert "5 cells (4 run, 1 already finished)" in again.stdout
+    assert "4 of 5 cells finished but their files are damaged, run again" in again.stderr
     assert (out / intact / "summary.json").stat().st_mtime_ns == intact_mtime
     pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), whole)
     for cell in cells:  # same seed, same bytes
         assert (out / cell / "events.parquet").read_bytes() == events[cell], cell
 
-    # Nothing is damaged any more: collect is quiet and counts every cell.
-    final = fedsim_cli("collect", out)
-    assert final.returncode == 0 and final.stderr == ""
-    assert "4 of 4 cells finished" in final.stdout
+    # Nothing is damaged any more: every cell counts, and nothing is reported.
+    with caplog.at_level(logging.WARNING, logger="fedsim.sweep"):
+        table, finished, total = collect_cells(out)
+    assert (finished, total) == (5, 5) and caplog.records == []
+    pd.testing.assert_frame_equal(table, whole)
 
 
-def test_a_cell_whose_trace_was_cut_mid_file_runs_again(tmp_path, small_learning):
-    """A file cut anywhere loses its Parquet footer; the rows the summary counts must be there."""
+def test_an_interrupted_cell_is_not_finished(tmp_path, small_learning):
+    """A run stopped by Ctrl-C or SIGTERM writes a summary with ``stop_reason: interrupted``."""
     path = write_sweep(
         tmp_path,
         {**small_learning, "training": "none", "stop": {"time_s": 30}},
-        {"clients.count": [6, 9]},
+        {"clients.count": [6, 7]},
     )
     out = tmp_path / "out"
-    assert fedsim_cli("sweep", path, "--out", out, "-q").returncode == 0
-    whole = pd.read_parquet(out / "results.parquet")
-    cell = json.loads((out / "sweep.json").read_text())["cells"][1]["dir"]
-    trace = out / cell / "events.parquet"
-    data = trace.read_bytes()
-    trace.write_bytes(data[: len(data) // 2])
-    again = fedsim_cli("sweep", path, "--out", out, "-q")
-    assert again.returncode == 0, again.stderr
-    assert "2 cells (1 run, 1 already finished)" in again.stdout
-    assert f"{cell} (events.parquet is unreadable)" in again.stderr
-    assert trace.read_bytes() == data
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), whole)
+    run_sweep(path, out, progress=False)
+    cell = json.loads((out / "sweep.json").read_text())["cells"][0]
+    summary_path = out / cell["dir"] / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert cell_state(out / cell["dir"], cell["hash"]) == (summary, None)
+    summary_path.write_text(json.dumps({**summary, "stop_reason": "interrupted"}))
+    assert cell_state(out / cell["dir"], cell["hash"]) == (None, None)  # unfinished, not damaged
+    again = run_sweep(path, out, progress=False)
+    assert (again.ran, again.skipped) == (1, 1)
+    assert json.loads(summary_path.read_text())["stop_reason"] == "time"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -246,6 +248,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
 def test_a_sweep_leaves_no_arrow_thread_to_abort_at_exit(tmp_path, small_learning):
     """The exit abort ("terminate called without an active exception") needs a native thread that
