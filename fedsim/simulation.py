@@ -34,6 +34,7 @@ from fedsim.learning.batched import make_trainer
 from fedsim.learning.data import dataset_info, load_federated
 from fedsim.learning.models import build_model, init_params
 from fedsim.learning.trainer import Evaluator, LocalTask
+from fedsim.learning.user_data import Dataset, using_data
 from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, event_totals, read_table
 from fedsim.rng import SeedStreams
 from fedsim.scenario import Scenario, load_scenario
@@ -579,6 +580,7 @@ def run(
     overwrite: bool = False,
     resume: str | Path | None = None,
     threads: int | None = None,
+    data: Dataset | Mapping[str, Any] | None = None,
     **keyword_overrides: Any,
 ) -> Result:
     """Run a scenario and return its :class:`Result`.
@@ -593,6 +595,8 @@ def run(
     uninterrupted run's (the run is replayed from its start; checkpoints are not implemented yet).
     ``threads`` sets torch's intra-op thread count for the run (else ``FEDSIM_THREADS``, else a
     choice from the workload: see :mod:`fedsim.threads`); ``summary.json`` records it.
+    ``data`` trains on your own arrays (a :class:`fedsim.Dataset`, or a mapping with ``x_train,
+    y_train, x_test, y_test`` and optionally ``owner_train``): ``data.dataset`` becomes ``memory``.
     Bad input raises :class:`ScenarioError`, a failure during the run :class:`SimulationError`.
     """
     if resume is not None:
@@ -605,12 +609,28 @@ def run(
     else:
         if scenario is None:
             raise ScenarioError("fedsim.run needs a scenario (a path, a mapping or a Scenario)")
+        if data is not None:
+            keyword_overrides = {**keyword_overrides, "data__dataset": "memory"}
         resolved = _resolve(scenario, overrides, keyword_overrides)
         run_dir = (Path(out) if out is not None else resolved.run_dir) if save else None
         if out is not None and not str(out).strip():
             raise ScenarioError("out: an empty path; name the run directory")
     if run_dir is not None:
         rundir.check(run_dir, overwrite=overwrite, resume=resume is not None)
+    with using_data(data):
+        return _run_resolved(resolved, run_dir, device, progress, threads, overwrite, resume)
+
+
+def _run_resolved(
+    resolved: Scenario,
+    run_dir: Path | None,
+    device: str | None,
+    progress: ProgressHook | None,
+    threads: int | None,
+    overwrite: bool,
+    resume: str | Path | None,
+) -> Result:
+    """Check the run directory, choose threads, build, claim the directory, run."""
     choice = choose_threads(resolved, threads, device=device)
     with using_threads(choice):
         simulation = _build(resolved, device, run_dir, progress)
@@ -670,6 +690,11 @@ def _resumable_scenario(run_dir: Path, given: ScenarioSource | None) -> Scenario
             "a resumed run would not match; start it again with --overwrite"
         )
     saved = load_scenario(run_dir / "scenario.yaml")
+    if saved.data.dataset == "memory":
+        raise ScenarioError(
+            f"{run_dir} trained on in-memory data (fedsim.run(data=...)), which a run directory "
+            "does not keep: run it again with the same data and overwrite=True"
+        )
     if given is not None:
         asked = load_scenario(given)
         if asked.hash() != saved.hash():
