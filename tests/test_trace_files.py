@@ -50,7 +50,7 @@ def test_merged_bytes_do_not_depend_on_part_boundaries(tmp_path):
         {"sim_time": np.sort(rng.random(n) * 100), "order": np.arange(n)}, schema=SCHEMA
     )
     files = []
-    for cuts in ([n], [5, 70_000, 120_001, n], list(range(9_999, n, 10_000)) + [n]):
+    for cuts in ([n], [5, 70_000, 120_001, n], [*range(9_999, n, 10_000), n]):
         folder = tmp_path / f"cut{len(cuts)}"
         folder.mkdir()
         start, parts = 0, []
