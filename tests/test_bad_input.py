@@ -828,3 +828,54 @@ def test_lines_follow_aliases_merges_and_lists(tmp_path):
         f"{path}:8: clients.network.latency_s: must be >= 0.0, got -5",
         f"{path}:12: model.hidden.1: must be > 0, got 0",
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Server-side attacks with no honest row to imitate
+
+
+def _attacked_run(small_learning, algorithm: dict, attack: str = "alie") -> dict:
+    scenario = {
+        **small_learning,
+        "stop": {"time_s": 20},
+        "algorithm": algorithm,
+        "byzantine": {"fraction": 0.5, "attack": {"name": attack}},
+    }
+    return fedsim.run(scenario, save=False, device="cpu").summary
+
+
+@pytest.mark.parametrize("attack", ["alie", "ipm"])
+def test_all_byzantine_sets_are_not_counted_as_attacked(small_learning, attack):
+    # One row per buffer: a Byzantine row is alone in its set, with nothing to imitate.
+    alone = _attacked_run(
+        small_learning, {"name": "fedbuff", "concurrency": 4, "buffer_size": 1}, attack
+    )
+    assert alone["byzantine_applied"] > 0
+    assert alone["byzantine_unattacked_sets"] == alone["byzantine_applied"]
+    assert alone["byzantine_unattacked_updates"] == alone["byzantine_applied"]
+    # FedAvg rounds of one client: the same.
+    rounds = _attacked_run(small_learning, {"name": "fedavg", "cohort_size": 1}, attack)
+    assert rounds["byzantine_applied"] > 0
+    assert rounds["byzantine_unattacked_sets"] == rounds["byzantine_applied"]
+
+
+def test_mixed_sets_are_attacked(small_learning):
+    mixed = _attacked_run(
+        small_learning, {"name": "fedbuff", "concurrency": 10, "buffer_size": 10}, "ipm"
+    )
+    assert mixed["byzantine_applied"] > 0
+    # Half the clients Byzantine: a buffer of 10 is all Byzantine about once in 1000 sets.
+    assert mixed["byzantine_unattacked_updates"] < mixed["byzantine_applied"]
+    assert mixed["byzantine_unattacked_updates"] % 10 == 0
+
+
+def test_fedasync_attacks_each_arrival_and_refuses_one_with_nothing_to_imitate(small_learning):
+    summary = _attacked_run(small_learning, {"name": "fedasync", "concurrency": 5})
+    # Every accepted Byzantine arrival was attacked (from the honest window): none unattacked.
+    assert summary["byzantine_unattacked_sets"] == 0
+    assert summary["byzantine_applied"] > 0
+
+
+def test_no_unattacked_counters_without_a_server_side_attack(small_learning):
+    summary = _attacked_run(small_learning, {"name": "fedavg", "cohort_size": 2}, "sign_flip")
+    assert "byzantine_unattacked_sets" not in summary

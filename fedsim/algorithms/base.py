@@ -77,6 +77,10 @@ class Algorithm:
             self.aggregator is not None and self.aggregator.name != "mean"
         )
         self.last_aggregate: torch.Tensor | None = None
+        # Aggregation sets a server-side attack could not attack (no honest row to imitate), and
+        # the Byzantine updates in them (they went in as trained): summary.json reports both.
+        self.unattacked_sets = 0
+        self.unattacked_updates = 0
 
     @property
     def now(self) -> float:
@@ -190,10 +194,22 @@ class Algorithm:
         return bool(keep[0])
 
     def combine(
-        self, jobs: list[Job], deltas: list[torch.Tensor], raw: list[float]
+        self,
+        jobs: list[Job],
+        deltas: list[torch.Tensor],
+        raw: list[float],
+        *,
+        attacked: bool = False,
     ) -> torch.Tensor:
         """Robust path: the aggregate of ``deltas`` (weights ``raw``, any scale) by the scenario's
-        aggregator, after server-side attacks replaced the Byzantine rows."""
+        aggregator, after server-side attacks replaced the Byzantine rows.
+
+        A set whose rows are all Byzantine has no honest row for the attack to imitate: its rows
+        go in as trained, and the set is counted in ``byzantine_unattacked_sets`` (its rows in
+        ``byzantine_unattacked_updates``) rather than passing for attacked. ``attacked``: the
+        Byzantine rows were attacked already (FedAsync attacks each arrival), so such a set is
+        not counted.
+        """
         rows = torch.stack(deltas)
         if self.server_attack:
             byz = [self.sim.byzantine_list[j.client] for j in jobs]
@@ -203,6 +219,9 @@ class Algorithm:
                 bad = server_attack(self.attack, rows[~mask], n_total=len(jobs), f=n_byz)
                 rows = rows.clone()
                 rows[mask] = bad.to(rows.dtype)
+            elif n_byz and not attacked:  # every row Byzantine: nothing to imitate
+                self.unattacked_sets += 1
+                self.unattacked_updates += n_byz
         weights = torch.tensor(raw, dtype=torch.float64, device=rows.device)
         cfg = self.aggregator
         if cfg.name == "krum" and not (len(jobs) > 2 * cfg.f + 2 and cfg.m <= len(jobs) - cfg.f):
@@ -211,6 +230,16 @@ class Algorithm:
         result = aggregate(cfg, rows, weights, previous=self.last_aggregate)
         self.last_aggregate = result
         return result
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Figures of this algorithm for summary.json: with a server-side attack, the aggregation
+        sets it could not attack (see :meth:`combine`)."""
+        if not self.server_attack:
+            return {}
+        return {
+            "byzantine_unattacked_sets": self.unattacked_sets,
+            "byzantine_unattacked_updates": self.unattacked_updates,
+        }
 
     def publish(self, params: torch.Tensor | None) -> None:
         """Install a new global model (``None`` in timing-only runs: only the version moves)."""

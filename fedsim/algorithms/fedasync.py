@@ -108,7 +108,7 @@ class FedAsync(Algorithm):
             return
         self.window.append((job, delta))
         jobs = [j for j, _ in self.window]
-        step = self.combine(jobs, [d for _, d in self.window], [1.0] * len(jobs))
+        step = self.combine(jobs, [d for _, d in self.window], [1.0] * len(jobs), attacked=True)
         self.publish(self.server.params + alpha_k * step)
 
     def on_dropped(self, job: Job) -> None:
