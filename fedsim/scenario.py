@@ -321,10 +321,10 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
         if value is None or _training_none(value) is None:
             below = next((p for p in overrides if p.startswith(f"{path}.")), None)
             if below is not None:
-                raise ScenarioError(
+                raise _override_error(
                     f"one override sets it to {'null' if value is None else value}, another sets "
                     f"{below}; drop one of them",
-                    path=path,
+                    path,
                 )
     result = dict(
         data
@@ -341,9 +341,7 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
                 child = node[part] = dict(child)
             else:
                 where = ".".join(parts[: i + 1])
-                raise ScenarioError(
-                    f"{where} is not a section, so {path} does not exist", path=path
-                )
+                raise _override_error(f"{where} is not a section, so {path} does not exist", path)
             node = child
         key = parts[-1]
         changed_tag = key in TAG_KEYS and key in node and node[key] != value
@@ -518,12 +516,17 @@ def _check_override_path(path: str, data: Any) -> None:
         parent = ".".join(parts[:i])
         known = _known_keys(parent, data)
         if not known:
-            raise ScenarioError(f"{parent} is not a section, so {path} does not exist", path=path)
+            raise _override_error(f"{parent} is not a section, so {path} does not exist", path)
         if part not in known:
             close = difflib.get_close_matches(part, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             where = ".".join(parts[: i + 1])
-            raise ScenarioError(f"unknown key{hint} (known: {', '.join(known)})", path=where)
+            raise _override_error(f"unknown key{hint} (known: {', '.join(known)})", where)
+
+
+def _override_error(message: str, path: str) -> ScenarioError:
+    """An error about an override's key path: ``--set key.path: message``."""
+    return ScenarioError.of([Problem(message, path, override=True)])
 
 
 def _known_keys(parent_path: str, data: Any) -> list[str]:

@@ -267,11 +267,12 @@ def test_training_none_then_training_key_is_refused(tmp_path, capsys):
     assert (
         line
         == api
-        == ("training: one override sets it to none, another sets training.lr; drop one of them")
+        == "--set training: one override sets it to none, another sets training.lr; drop one of them"
     )
     line, _ = _refused(path, capsys, "byzantine=null", "byzantine.fraction=0.2")
     assert line == (
-        "byzantine: one override sets it to null, another sets byzantine.fraction; drop one of them"
+        "--set byzantine: one override sets it to null, another sets byzantine.fraction; "
+        "drop one of them"
     )
 
 
@@ -773,6 +774,16 @@ def test_errors_from_overrides_name_the_override(tmp_path, capsys):
     with pytest.raises(fedsim.ScenarioError) as info:
         fedsim.load_scenario(path, {"clients": {"compute": {"mean_s": 0}}, "seed": 0})
     assert "--set clients.compute.mean_s: must be > 0.0, got 0" in info.value.lines
+
+
+def test_override_paths_that_do_not_exist_name_the_override(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\n")
+    line, api = _refused(path, capsys, "clients.cunt=5")
+    assert line == api
+    assert line.startswith("--set clients.cunt: unknown key; did you mean 'count'? (known: ")
+    line, _ = _refused(path, capsys, "name.first=5")
+    assert line == "--set name.first: name is not a section, so name.first does not exist"
 
 
 def test_errors_without_a_file_have_no_location():
