@@ -41,6 +41,8 @@ SCENARIO = {
     "eval": {"every_s": 5.0},
     "output": {"flush_rows": 2000},
 }
+LONG = {**SCENARIO, "name": "faults_long", "stop": {"time_s": 1e6}}
+"""Runs until it is stopped: for the faults that must find the run still going."""
 COMMAND = "python benchmarks/fault_injection.py --out benchmarks/results/fault_injection.json"
 
 
@@ -48,9 +50,9 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fedsim.cli", "run", *args]
 
 
-def _start(work: Path, out: str, *extra: str) -> subprocess.Popen:
+def _start(work: Path, out: str, *extra: str, scenario: str = "scenario.yaml") -> subprocess.Popen:
     return subprocess.Popen(
-        _cli("scenario.yaml", "-q", "--no-plots", "--out", out, *extra),
+        _cli(scenario, "-q", "--no-plots", "--out", out, *extra),
         cwd=work,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -76,6 +78,12 @@ def _same(work: Path, a: str, b: str) -> bool:
 
 
 def kill_and_resume(work: Path, rng: random.Random) -> bool:
+    reference = subprocess.run(
+        _cli("scenario.yaml", "-q", "--no-plots", "--out", "reference"),
+        cwd=work,
+        capture_output=True,
+    )
+    assert reference.returncode == 0, reference.stderr
     process = _start(work, "run")
     _in_loop(work, "run", process)
     time.sleep(rng.uniform(0.0, 3.0))
@@ -87,7 +95,7 @@ def kill_and_resume(work: Path, rng: random.Random) -> bool:
 
 def interrupt(sig: signal.Signals, code: int) -> Callable[[Path, random.Random], bool]:
     def trial(work: Path, rng: random.Random) -> bool:
-        process = _start(work, "run")
+        process = _start(work, "run", scenario="long.yaml")
         _in_loop(work, "run", process)
         time.sleep(rng.uniform(0.0, 3.0))
         process.send_signal(sig)
@@ -102,16 +110,21 @@ def interrupt(sig: signal.Signals, code: int) -> Callable[[Path, random.Random],
 
 
 def concurrent_run(work: Path, rng: random.Random) -> bool:
-    first = _start(work, "run")
+    """The second run is refused; the first, stopped later by Ctrl-C, is whole and its own."""
+    first = _start(work, "run", scenario="long.yaml")
     _in_loop(work, "run", first)
     time.sleep(rng.uniform(0.0, 1.0))
     second = subprocess.run(
-        _cli("scenario.yaml", "-q", "--out", "run", "--overwrite", "--set", "seed=3"),
+        _cli("long.yaml", "-q", "--out", "run", "--overwrite", "--set", "seed=3"),
         cwd=work,
         capture_output=True,
     )
-    first_ok = first.wait(timeout=600) == 0
-    return second.returncode == 2 and first_ok and _same(work, "run", "reference")
+    first.send_signal(signal.SIGINT)
+    if second.returncode != 2 or first.wait(timeout=600) != 130:
+        return False
+    result = Result.load(work / "run")
+    counts = sum(result.summary["status_counts"].values())
+    return result.summary["seed"] == result.scenario.seed == 11 and len(result.events) == counts
 
 
 def damaged_part(work: Path, rng: random.Random) -> bool:
@@ -153,12 +166,7 @@ def run_trials(seed: int) -> list[dict]:
             with tempfile.TemporaryDirectory() as tmp:
                 work = Path(tmp)
                 (work / "scenario.yaml").write_text(yaml.safe_dump(SCENARIO))
-                reference = subprocess.run(
-                    _cli("scenario.yaml", "-q", "--no-plots", "--out", "reference"),
-                    cwd=work,
-                    capture_output=True,
-                )
-                assert reference.returncode == 0, reference.stderr
+                (work / "long.yaml").write_text(yaml.safe_dump(LONG))
                 recovered += bool(trial(work, rng))
         rows.append({"fault": key, "label": label, "tried": count, "recovered": recovered})
         print(json.dumps(rows[-1]), flush=True)
