@@ -18,8 +18,12 @@ PAGE = ROOT / "docs" / "performance.md"
 
 TABLES = {
     "benchmarks/results/threads.json": "benchmarks/bench_threads.py",
+    "benchmarks/results/trace_memory.json": "benchmarks/bench_trace_memory.py",
+    "benchmarks/results/fault_injection.json": "benchmarks/fault_injection.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
+PAGES = {"benchmarks/results/fault_injection.json": ROOT / "docs" / "validation.md"}
+"""Tables that live on another page than docs/performance.md."""
 
 
 def _script(path: str):
@@ -33,11 +37,10 @@ def _script(path: str):
 def test_docs_table_is_the_results_file(results):
     data = json.loads((ROOT / results).read_text(encoding="utf-8"))
     table = _script(TABLES[results]).table(data)
-    page = PAGE.read_text(encoding="utf-8")
+    path = PAGES.get(results, PAGE)
+    page = path.read_text(encoding="utf-8")
     assert table in page, (
-        f"docs/performance.md does not hold the table of {results}; regenerate it with "
+        f"docs/{path.name} does not hold the table of {results}; regenerate it with "
         f"python {TABLES[results]} --table {results}"
     )
-    assert data["command"] in page, (
-        f"docs/performance.md does not show the command: {data['command']}"
-    )
+    assert data["command"] in page, f"docs/{path.name} does not show the command: {data['command']}"
