@@ -128,14 +128,15 @@ def concurrent_run(work: Path, rng: random.Random) -> bool:
 
 
 def damaged_part(work: Path, rng: random.Random) -> bool:
-    process = _start(work, "run")
+    process = _start(work, "run", scenario="long.yaml")
+    folder = work / "run" / "events.parquet.parts"
     _in_loop(work, "run", process)
-    time.sleep(rng.uniform(1.0, 3.0))
+    while len(list(folder.glob("part-*.parquet"))) < 3:  # a part to damage, and others to read
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 2.0))
     process.kill()
     process.wait()
-    parts = sorted((work / "run" / "events.parquet.parts").glob("part-*.parquet"))
-    if len(parts) < 2:
-        return False
+    parts = sorted(folder.glob("part-*.parquet"))
     victim = rng.choice(parts)
     others = sum(len(pd.read_parquet(p)) for p in parts if p != victim)
     victim.write_bytes(victim.read_bytes()[: rng.randint(0, 64)])  # a write cut short
