@@ -20,6 +20,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -373,15 +374,23 @@ def run_cell(scenario: dict[str, Any], cell_dir: str, device: str | None = None)
 
     from fedsim.simulation import run
 
+    global _in_cell, _worker_stop
+    if _worker_stop is not None:  # queued before the sweep was stopped: not started
+        raise SimulationError(f"not started: the sweep was stopped by {_worker_stop}")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    _in_cell = True
     try:
         # overwrite: what a cell directory holds is this cell's earlier, unfinished or damaged run.
         result = run(
             load_scenario(scenario), out=cell_dir, device=device, overwrite=True, threads=1
         )
     finally:
+        _in_cell = False
         torch.set_num_threads(threads)
+    if result.summary.get("stop_reason") == "interrupted":  # kept on disk; the sweep stops here
+        _worker_stop = str(result.summary.get("interrupted_by", "SIGINT"))
+        raise KeyboardInterrupt(f"cell interrupted by {_worker_stop}")
     return result.summary["scenario_hash"]
 
 
@@ -399,7 +408,8 @@ def _run_here(tasks: Sequence[tuple[Cell, Task]], done: Done) -> None:
 
 
 def _init_worker(lifeline: Connection | None = None) -> None:
-    """One torch thread; and the worker dies with the sweep process, however that ends.
+    """One torch thread; Ctrl-C and SIGTERM noted (not raised) while no cell runs, so that cells
+    queued before them do not start; and the worker dies with the sweep process, however that ends.
 
     ``lifeline`` is the read end of a pipe whose only write end the sweep process holds: when that
     process exits (even by ``kill -9``) the kernel closes it, the read returns end-of-file, and the
@@ -411,10 +421,25 @@ def _init_worker(lifeline: Connection | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a running cell's own handler comes first
+        signal.signal(sig, _note_stop)
     if lifeline is not None:
         threading.Thread(
             target=_exit_when_closed, args=(lifeline,), name="fedsim-lifeline", daemon=True
         ).start()
+
+
+_worker_stop: str | None = None
+"""The signal that stopped the sweep (in this process); cells queued before it do not start."""
+_in_cell = False
+
+
+def _note_stop(signum: int, _frame: object) -> None:
+    """A pool worker's SIGINT / SIGTERM handler outside a run (a run installs its own)."""
+    global _worker_stop
+    _worker_stop = signal.Signals(signum).name
+    if _in_cell:  # a cell being set up, or a second signal to a stopping run: stop now
+        raise KeyboardInterrupt
 
 
 def _exit_when_closed(lifeline: Connection) -> None:
@@ -433,23 +458,35 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def _run_in_pool(tasks: Sequence[tuple[Cell, Task]], jobs: int, done: Done) -> None:
+    """Run ``tasks`` in a process pool.
+
+    Ctrl-C reaches the workers too (one process group): their running cells stop at the next event
+    and keep their trace (``stop_reason: interrupted``, run again by the next sweep), so the sweep
+    cancels the cells not started, waits for the running ones, then stops (KeyboardInterrupt, exit
+    130). A second Ctrl-C stops at once: the workers then exit with this process (lifeline).
+    """
     workers = min(jobs, len(tasks))
     context = _pool_context()
     lifeline, keep_alive = context.Pipe(duplex=False)  # workers get the read end, see _init_worker
+    pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(lifeline,))
     try:
-        with ProcessPoolExecutor(
-            workers, context, initializer=_init_worker, initargs=(lifeline,)
-        ) as pool:
-            pending: dict[Future[str], Cell] = {pool.submit(run_cell, *t): c for c, t in tasks}
-            try:
-                while pending:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        cell = pending.pop(future)
-                        done(cell, future.exception())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        pending: dict[Future[str], Cell] = {pool.submit(run_cell, *t): c for c, t in tasks}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = pending.pop(future)
+                done(cell, future.exception())
+    except KeyboardInterrupt:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
     finally:  # after the pool is shut down: a worker still running its cell exits now
         keep_alive.close()
         lifeline.close()

@@ -229,6 +229,61 @@ def test_kill_9_of_a_sweep_leaves_no_process_running(tmp_path, small_learning):
     assert not list(out.glob("cells/*/summary.json"))
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_ctrl_c_of_a_sweep_keeps_the_running_cells_and_starts_no_other(tmp_path, small_learning):
+    path = write_sweep(
+        tmp_path,
+        {**small_learning, "stop": {"time_s": 100_000}},
+        {"clients.count": [10, 11, 12, 13]},
+    )
+    out = tmp_path / "out"
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "sweep",
+            str(path),
+            "--out",
+            str(out),
+            "-j",
+            "2",
+            "-q",
+        ],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(out.glob("cells/*/evals.parquet.parts"))) < 2:  # two cells recording
+            assert sweep.poll() is None, sweep.stderr.read()
+            assert time.monotonic() < deadline, "no cell started in 180 s"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        children = _descendants(sweep.pid)
+        os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, err = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    assert sweep.returncode == 130, err
+    summaries = [json.loads(p.read_text()) for p in out.glob("cells/*/summary.json")]
+    assert len(summaries) == 2, "the two running cells keep their trace, no other cell started"
+    assert {s["stop_reason"] for s in summaries} == {"interrupted"}
+    assert len(list(out.glob("cells/*"))) == 2
+    deadline = time.monotonic() + 10
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = _alive(children)
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
 # ---------------------------------------------------------------------------------------------------
 # The sweep process leaves no native thread behind at exit
 
