@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fedsim.errors import ScenarioError
 
@@ -25,7 +25,9 @@ LOCK = ".fedsim-lock"
 """Held while a run writes: the owner's pid."""
 TRACE_FILES = ("events.parquet", "evals.parquet")
 RUN_FILES = (*TRACE_FILES, "summary.json", "scenario.yaml", MARKER)
-RUN_DIRS = ("plots", *(f"{name}.parts" for name in TRACE_FILES))
+RUN_DIRS = ("plots", "models", *(f"{name}.parts" for name in TRACE_FILES))
+SaveModels = Literal["final", "none", "every_eval"]
+"""``output.save_models``: which models a run keeps in ``RUN_DIR/models/``."""
 
 
 def _has_run_files(path: Path) -> bool:

@@ -35,6 +35,7 @@ from fedsim.learning.models import Model, ModelConfig
 from fedsim.learning.trainer import TrainingConfig
 from fedsim.robust.aggregators import AggregatorField, MeanConfig, ScreeningConfig, check_krum
 from fedsim.robust.byzantine import ByzantineConfig
+from fedsim.rundir import SaveModels
 from fedsim.timing import (
     DelayLaw,
     DropoutConfig,
@@ -99,7 +100,12 @@ class OutputConfig(Section):
     dir: str = Field("runs/{name}", min_length=1)
     """Run directory; ``{name}`` is replaced by the scenario name."""
     flush_rows: PositiveInt = 200_000
-    """Trace rows kept in memory before a chunk is written to disk."""
+    """Trace rows kept in memory before a chunk is written to disk (they also go to disk at least
+    every 10 wall-clock seconds)."""
+    save_models: SaveModels = "final"
+    """Models kept in ``RUN_DIR/models/``: ``final`` (every server's last model, as a state dict
+    ``server-S.pt`` that ``load_state_dict`` takes), ``every_eval`` (also one per evaluation, listed
+    in ``models/evals.csv``) or ``none``."""
 
 
 def _training_none(value: Any) -> Any:

@@ -26,6 +26,7 @@ from simpy.core import EmptySchedule, StopSimulation
 from fedsim import rundir
 from fedsim.algorithms import ALGORITHMS
 from fedsim.algorithms.base import ServerModel
+from fedsim.callbacks import Callbacks, ProgressCallback
 from fedsim.checks import check_runnable
 from fedsim.clients import ClientPool, Job
 from fedsim.errors import ScenarioError, SimulationError
@@ -35,6 +36,7 @@ from fedsim.learning.data import dataset_info, load_federated
 from fedsim.learning.models import build_model, init_params
 from fedsim.learning.trainer import Evaluator, LocalTask
 from fedsim.learning.user_data import Dataset, using_data
+from fedsim.models_store import ModelStore, model_file
 from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, event_totals, read_table
 from fedsim.rng import SeedStreams
 from fedsim.scenario import Scenario, load_scenario
@@ -82,12 +84,15 @@ class Simulation:
         device: str | torch.device | None = None,
         run_dir: Path | None = None,
         progress: ProgressHook | None = None,
+        callbacks: Iterable[Any] = (),
     ) -> None:
         check_runnable(scenario)  # what `fedsim validate` checks, so validate = run
         self.scenario = scenario
         self.device = resolve_device(device)
         self.run_dir = run_dir
         self.progress = progress
+        hooks = [*callbacks, *([ProgressCallback(progress)] if progress is not None else [])]
+        self.callbacks = Callbacks(hooks)
         self.streams = SeedStreams(scenario.seed)
         self.env = simpy.Environment()
         self.learning = scenario.training is not None
@@ -158,6 +163,9 @@ class Simulation:
                 self.client_server[list(members)] = server
         # Every server starts from the same initial model (a common initialisation).
         self.servers = [ServerModel(i, params) for i in range(n_servers)]
+        if self.callbacks.wants("on_publish"):
+            for server in self.servers:
+                server.listener = self._published
         self.message_bytes = 0
         self.algorithm = ALGORITHMS[scenario.algorithm.name](scenario.algorithm, self)
 
@@ -170,6 +178,8 @@ class Simulation:
         )
         self.events.companion = self.evals
         self.threads: ThreadChoice | None = None
+        self.evaluations = 0
+        self.models = ModelStore(run_dir and run_dir / "models", self.spec)
         """How many torch threads the run was given and why (set by :func:`run`)."""
         self._last_flush = -math.inf
         self.interrupted_by: str | None = None
@@ -229,9 +239,9 @@ class Simulation:
             self._tick()
 
     def _tick(self) -> None:
-        """Every thousand rows and every evaluation: the progress hook, the flush timer."""
-        if self.progress is not None:
-            self.progress(self)
+        """Every thousand rows and every evaluation: the progress hooks, the flush timer."""
+        if self.callbacks.wants("on_progress"):
+            self.callbacks.call("on_progress", self.env.now, sim=self)
         if time.perf_counter() - self._last_flush >= FLUSH_EVERY_WALL_S:
             self._last_flush = time.perf_counter()
             self.events.flush()  # and the evals with it
@@ -248,6 +258,17 @@ class Simulation:
 
     def note_rejected_model(self) -> None:
         self.rejected_models += 1
+
+    def _published(self, server: ServerModel) -> None:
+        now = self.env.now
+        self.callbacks.call(
+            "on_publish",
+            now,
+            server=server.index,
+            version=server.version,
+            params=server.params,
+            sim_time=now,
+        )
 
     def stop(self, reason: str) -> None:
         if not self.stop_event.triggered:
@@ -293,6 +314,23 @@ class Simulation:
         accuracy = float(np.mean(accuracies)) if accuracies else math.nan
         loss = float(np.mean(losses)) if losses else math.nan
         self.last_eval = {"sim_time": self.env.now, "accuracy": accuracy, "loss": loss}
+        self.evaluations += 1
+        if self.scenario.output.save_models == "every_eval":
+            self.models.save_eval(self.evaluations, self.env.now, targets)
+        if self.callbacks.wants("on_eval"):
+            rows = [
+                dict(zip(EVAL_SCHEMA.names, row, strict=True))
+                for row in self.evals.rows[-len(targets) :]
+            ]
+            self.callbacks.call(
+                "on_eval",
+                self.env.now,
+                sim=self,
+                sim_time=self.env.now,
+                accuracy=accuracy,
+                loss=loss,
+                rows=rows,
+            )
         target_acc = self.scenario.stop.target_accuracy
         if target_acc is not None and accuracy >= target_acc:
             if self.time_to_target is None:
@@ -333,6 +371,7 @@ class Simulation:
         env.process(self.algorithm.run())
         env.process(self._evaluation_process())
         try:
+            self.callbacks.call("on_start", env.now, sim=self)
             with stop_on_signals(self.interrupt):
                 self._loop()
         except (ScenarioError, SimulationError) as exc:
@@ -435,17 +474,22 @@ class Simulation:
         if error is not None:
             summary["stop_reason"] = "error"
             summary["error"] = error
-        extra = getattr(self.algorithm, "summary_extra", None)
-        if (
-            extra is not None and error is None
-        ):  # an algorithm's own figures (FedAST's per-task times)
-            summary.update(extra())
+        if error is None:  # an algorithm's own figures (FedAST's per-task times, metrics())
+            for name in ("summary_extra", "metrics"):
+                extra = getattr(self.algorithm, name, None)
+                if extra is not None:
+                    summary.update(extra())
+            if self.scenario.output.save_models != "none":
+                summary["models"] = self.models.save_final(self.algorithm.eval_targets())
         if self.run_dir is not None:
             text = json.dumps(_jsonable(summary), indent=2)
             tmp = self.run_dir / f".summary.json.tmp-{os.getpid()}"
             tmp.write_text(text)
             os.replace(tmp, self.run_dir / "summary.json")
-        return Result(self.scenario, events, evals, summary, self.run_dir)
+        result = Result(self.scenario, events, evals, summary, self.run_dir)
+        if error is None:
+            self.callbacks.call("on_end", self.env.now, summary=summary, result=result)
+        return result
 
     def best_accuracy(self, evals: pd.DataFrame | None) -> float:
         if evals is None:
@@ -554,6 +598,29 @@ class Result:
         where = f", run_dir={str(self.run_dir)!r}" if self.run_dir is not None else ""
         return f"Result({self.scenario.name!r}, stop_reason={self.summary.get('stop_reason')!r}{where})"
 
+    def model(self, server: int = 0, *, task: int = 0) -> torch.nn.Module:
+        """The scenario's model with the final weights of ``server`` (from ``RUN_DIR/models/``).
+
+        A fresh CPU module of the scenario's ``model`` section; for a module of your own, load the
+        file yourself: ``module.load_state_dict(torch.load(run_dir / "models" / "server-0.pt"))``.
+        """
+        if self.run_dir is None:
+            raise ScenarioError("a run with save=False keeps no model files")
+        path = self.run_dir / "models" / model_file(server, task)
+        if not path.is_file():
+            raise ScenarioError(
+                f"no model file {path} (output.save_models: none, a timing-only run, or no such "
+                "server or task)"
+            )
+        if task != 0:
+            raise ScenarioError(
+                f"a task's model: load {path} into that task's module with load_state_dict"
+            )
+        module, _ = build_model(self.scenario.model, dataset_info(self.scenario.data))
+        module = module.to_empty(device="cpu")
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return module
+
     @classmethod
     def load(cls, run_dir: str | Path) -> Result:
         """Read a run directory back (also one a killed run left behind: its readable parts)."""
@@ -581,6 +648,7 @@ def run(
     resume: str | Path | None = None,
     threads: int | None = None,
     data: Dataset | Mapping[str, Any] | None = None,
+    callbacks: Iterable[Any] = (),
     **keyword_overrides: Any,
 ) -> Result:
     """Run a scenario and return its :class:`Result`.
@@ -618,22 +686,22 @@ def run(
     if run_dir is not None:
         rundir.check(run_dir, overwrite=overwrite, resume=resume is not None)
     with using_data(data):
-        return _run_resolved(resolved, run_dir, device, progress, threads, overwrite, resume)
+        build = {"device": device, "progress": progress, "callbacks": list(callbacks)}
+        return _run_resolved(resolved, run_dir, build, threads, overwrite, resume)
 
 
 def _run_resolved(
     resolved: Scenario,
     run_dir: Path | None,
-    device: str | None,
-    progress: ProgressHook | None,
+    build: dict[str, Any],
     threads: int | None,
     overwrite: bool,
     resume: str | Path | None,
 ) -> Result:
     """Check the run directory, choose threads, build, claim the directory, run."""
-    choice = choose_threads(resolved, threads, device=device)
+    choice = choose_threads(resolved, threads, device=build["device"])
     with using_threads(choice):
-        simulation = _build(resolved, device, run_dir, progress)
+        simulation = _build(resolved, run_dir, build)
         simulation.threads = choice
         if run_dir is None:
             return simulation.run()
@@ -705,12 +773,10 @@ def _resumable_scenario(run_dir: Path, given: ScenarioSource | None) -> Scenario
     return saved
 
 
-def _build(
-    scenario: Scenario, device: str | None, run_dir: Path | None, progress: ProgressHook | None
-) -> Simulation:
+def _build(scenario: Scenario, run_dir: Path | None, build: dict[str, Any]) -> Simulation:
     """Build the world; input found wrong only now (a file, its size) is a ScenarioError too."""
     try:
-        return Simulation(scenario, device=device, run_dir=run_dir, progress=progress)
+        return Simulation(scenario, run_dir=run_dir, **build)
     except (ScenarioError, SimulationError):
         raise
     except MemoryError:

@@ -7,7 +7,7 @@ are timed and trained, how rows are recorded and when the run stops are not its 
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,11 +30,15 @@ class ServerModel:
         self.index = index
         self.params = params
         self.version = 0
+        self.listener: Callable[[ServerModel], None] | None = None
+        """Told of every new version (the simulation's ``on_publish`` callbacks)."""
 
     def publish(self, params: torch.Tensor | None) -> None:
         """Install a new model version (always a new tensor; old versions stay valid for jobs)."""
         self.params = params
         self.version += 1
+        if self.listener is not None:
+            self.listener(self)
 
 
 @dataclass(frozen=True, slots=True)
