@@ -96,6 +96,16 @@ def model_nbytes(scenario: Any, data: Any = None) -> int:
     return int(spec.nbytes())
 
 
+def check_training_path(scenario: Any, data: Any = None) -> Any:
+    """Build the scenario's model as the run would (your own: imported, called and probed with a
+    forward pass on one sample; a one-line ScenarioError at ``model.target`` where it is wrong)
+    and return how it will train: a :class:`~fedsim.learning.trainer.TrainingPath` (``path``,
+    ``reason``; ``fedsim validate`` prints it), or None for a timing-only run."""
+    from fedsim.learning.batched import check_model
+
+    return check_model(scenario, data)[1]
+
+
 def check_runnable(scenario: Any, data: Any = None) -> None:
     """Raise the ScenarioError the run would raise before its first event, without training.
 
@@ -107,6 +117,7 @@ def check_runnable(scenario: Any, data: Any = None) -> None:
     from fedsim.learning.data import check_data
     from fedsim.rng import SeedStreams
 
+    check_training_path(scenario, data)
     check_memory(scenario, model_nbytes(scenario, data) if scenario.training is not None else 0)
     if scenario.training is not None:
         check_data(scenario.data, scenario.clients.count, data)

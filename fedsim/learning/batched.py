@@ -37,9 +37,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fedsim.imports import describe_error
 from fedsim.learning.memory import available_memory_bytes, release_free_memory
 from fedsim.learning.stacked import stack_model, stacked_grads
-from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainJob
+from fedsim.learning.trainer import LocalTask, SequentialTrainer, TrainingPath, TrainJob
 
 BACKENDS = ("auto", "batched", "sequential")
 PARALLEL_MIN_FLOATS = 600_000
@@ -146,6 +147,12 @@ class BatchedTrainer:
         self._vgrad_masked = vmap(grad(self._weighted_loss))
         self._stacked = stack_model(task.module, task.spec) if stacked else None
         self.parallel_stacks = parallel_stacks
+        self.training_path = TrainingPath(
+            "batched",
+            "stacked" if self._stacked is not None else "vmap",
+            "constructed directly" + ("" if self._stacked is not None else " with stacked=False"),
+        )
+        """How jobs train and why (set by :func:`make_trainer`)."""
         self.parallel_min_floats = PARALLEL_MIN_FLOATS
         """Activations per step a stack needs before stacks run side by side (0: always)."""
         self.activations_per_job = _activations_per_job(task) if self._stacked is not None else 0
@@ -470,18 +477,184 @@ def default_max_batch(
     return int(min(1024, max(8, jobs)))
 
 
+PROBE_RTOL = 1e-4
+PROBE_ATOL = 1e-5
+"""Tolerance of the probes that compare vmap's gradients and a batch's outputs with the loop's."""
+
+
+def _names(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _loop_reason(task: LocalTask) -> str | None:
+    """Why the model must train one job at a time, from its structure; None: it may not have to."""
+    if task.spec.buffers:
+        return (
+            f"the model has buffers ({_names(list(task.spec.buffers))}): each job's forward "
+            "passes update them, one job at a time"
+        )
+    for name, layer in task.module.named_modules():
+        kind = type(layer).__name__
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            return (
+                f"layer {name} ({kind}) couples the samples of a mini-batch, which padded stacks "
+                "would change"
+            )
+        if isinstance(layer, nn.modules.dropout._DropoutNd) and layer.p > 0:
+            return (
+                f"layer {name} ({kind}) draws random numbers: the loop draws them from each "
+                "job's own seed, the same on every backend"
+            )
+    return None
+
+
+def _probe_sample(task: LocalTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two samples of the dataset's shape drawn from a fixed seed (not the data: the path must
+    not depend on it, and ``fedsim validate`` does not load it), with two different labels."""
+    info, device = task.data.info, task.data.x_train.device
+    shape = (2, *info.input_shape)
+    g = torch.Generator().manual_seed(0)
+    if info.vocab_size is not None:
+        x = torch.randint(0, info.vocab_size, shape, generator=g)
+    else:
+        x = torch.randn(shape, generator=g)
+    if info.task == "classification":
+        y = torch.tensor([0, info.n_classes - 1])
+    else:
+        y = torch.tensor([0.5, -0.5])
+    return x.to(device), y.to(device)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, rtol=PROBE_RTOL, atol=PROBE_ATOL))
+
+
+def probe_vmap(trainer: BatchedTrainer) -> str | None:
+    """Run the vmap path once on two samples and two clients and compare it with the loop: the
+    outputs of a batch of two samples with each sample's own, the vmapped gradients (plain and
+    padded) with per-client autograd. The cause as one line when it fails; None when it is
+    exact."""
+    task = trainer.task
+    x, y = _probe_sample(task)
+    device = x.device
+    flat = task.spec.init(torch.Generator().manual_seed(0)) if task.spec.init else None
+    if flat is None:
+        flat = torch.zeros(task.spec.numel)
+    flat = flat.to(device)
+    try:
+        with torch.no_grad():
+            both = functional_call(task.module, task.spec.views(flat), (x,))
+            each = torch.cat(
+                [
+                    functional_call(task.module, task.spec.views(flat), (x[i : i + 1],))
+                    for i in (0, 1)
+                ]
+            )
+        if not _close(both, each):
+            return (
+                "the output of a sample depends on the other samples of its mini-batch, which "
+                "padded stacks would change"
+            )
+        w = torch.stack([flat, flat.flip(0) * 0.5])
+        xs, ys = torch.stack([x, x.flip(0)]), torch.stack([y, y.flip(0)])
+        loop = torch.stack([trainer._sequential._grad(w[i], xs[i], ys[i]) for i in (0, 1)])
+        if not _close(trainer._vgrad(w, xs, ys), loop):
+            return "vmap's gradients differ from the per-client loop's"
+        weight = torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=flat.dtype, device=device)
+        short = trainer._sequential._grad(w[1], xs[1, :1], ys[1, :1])
+        padded = trainer._vgrad_masked(w, xs, ys, weight)
+        if not (_close(padded[0], loop[0]) and _close(padded[1], short)):
+            return "vmap's gradients on a padded mini-batch differ from the per-client loop's"
+    except Exception as exc:  # any operation vmap (or its per-sample losses) cannot take
+        return f"vmap cannot run it: {describe_error(exc)}"
+    return None
+
+
+def choose_path(task: LocalTask, backend: str) -> TrainingPath:
+    """The fastest path that is still exact for ``task``'s model (see :class:`TrainingPath`).
+
+    The built-in models stack; a module without buffers, randomness or batch-coupled layers takes
+    vmap if a probe on two samples gives the loop's gradients; anything else trains one job at a
+    time. Used by :func:`make_trainer`, and by ``fedsim validate`` through
+    :func:`fedsim.learning.models.check_model`.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown training backend {backend!r}; expected one of {', '.join(BACKENDS)}"
+        )
+    return _choose(task, backend)
+
+
+def _choose(task: LocalTask, backend: str) -> TrainingPath:
+    if backend == "sequential":
+        reason = "training.backend is sequential: one job at a time (the reference)"
+        return TrainingPath(backend, "loop", reason)
+    why = _loop_reason(task)
+    if why is not None:
+        return TrainingPath(backend, "loop", why)
+    if stack_model(task.module, task.spec) is not None:
+        reason = (
+            "every layer has a stacked form: one grouped forward and backward pass for all "
+            "pending jobs"
+        )
+        return TrainingPath(backend, "stacked", reason)
+    failed = probe_vmap(BatchedTrainer(task, stacked=False))
+    if failed is not None:
+        return TrainingPath(backend, "loop", failed)
+    reason = (
+        "a pure function of its parameters (no buffers, no randomness; a probe on two samples "
+        "matched the loop): torch.func.vmap over the stacked jobs"
+    )
+    return TrainingPath(backend, "vmap", reason)
+
+
+class _ProbeData:
+    """What :func:`choose_path` reads of a dataset, for ``fedsim validate`` (nothing loaded)."""
+
+    def __init__(self, info) -> None:
+        self.info = info
+        self.x_train = torch.zeros(0)
+
+
+def check_model(scenario, data=None) -> tuple[int, TrainingPath | None]:
+    """Build the scenario's model as a run would (a one-line ScenarioError where it is wrong) and
+    return the bytes of one copy and, when it trains, the path :func:`choose_path` picks for it.
+    ``data``: the arrays passed to ``fedsim.run(data=...)``, if any. A timing-only run of a
+    built-in model builds nothing (0 bytes, as it needs no memory for it)."""
+    from fedsim.learning.data import dataset_info
+    from fedsim.learning.models import USER_MODELS, build_model
+
+    if scenario.training is None and scenario.model.kind not in USER_MODELS:
+        return 0, None
+    info = dataset_info(scenario.data, data)
+    module, spec = build_model(scenario.model, info)
+    if scenario.training is None:
+        return int(spec.nbytes()), None
+    task = LocalTask(module, spec, _ProbeData(info), scenario.training)  # type: ignore[arg-type]
+    return int(spec.nbytes()), choose_path(task, scenario.training.backend)
+
+
 def make_trainer(
     task: LocalTask, backend: str, *, max_batch: int | None = None, pad: PadPolicy = "pow2"
 ) -> SequentialTrainer | BatchedTrainer:
-    """The trainer for ``training.backend``: ``sequential``, ``batched`` or ``auto``.
+    """The trainer for ``training.backend``: ``sequential``, ``batched`` or ``auto``, on the path
+    :func:`choose_path` picks (``trainer.training_path`` says which and why).
 
     ``max_batch`` None: chosen by the trainer from the model size, its activations and free
     memory (:func:`default_max_batch`).
     """
-    if backend == "sequential":
-        return SequentialTrainer(task)
-    if backend == "batched":
-        return BatchedTrainer(task, max_batch=max_batch, pad=pad)
-    if backend == "auto":
-        return AutoTrainer(task, max_batch=max_batch, pad=pad)
-    raise ValueError(f"unknown training backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown training backend {backend!r}; expected one of {', '.join(BACKENDS)}"
+        )
+    path = _choose(task, backend)
+    trainer: SequentialTrainer | BatchedTrainer
+    if path.path == "loop":
+        trainer = SequentialTrainer(task)
+    elif backend == "batched":
+        trainer = BatchedTrainer(task, max_batch=max_batch, pad=pad, stacked=path.path == "stacked")
+    else:
+        trainer = AutoTrainer(task, max_batch=max_batch, pad=pad, stacked=path.path == "stacked")
+    trainer.training_path = path
+    return trainer

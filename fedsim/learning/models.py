@@ -9,12 +9,22 @@ padded mini-batches stay exact.
 
 Every model takes samples of any layout with the dataset's ``input_shape`` number of elements and
 reshapes them itself, so a dataset may store samples flat or shaped.
+
+Your own model (``kind: import``, or ``fedsim.run(model=...)``, ``kind: memory``) may be any
+``torch.nn.Module``: it is built on the CPU, its parameters *and buffers* become the flat vector
+(:class:`~fedsim.learning.params.ParamSpec`), its own initialisation is drawn under a torch seed
+from the scenario's seed, and :func:`~fedsim.learning.batched.choose_path` picks how it trains.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
@@ -24,6 +34,7 @@ from torch.nn import functional as F
 
 from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
+from fedsim.imports import describe_error, resolve_target
 from fedsim.learning.data import DatasetInfo
 from fedsim.learning.params import ParamSpec
 
@@ -146,8 +157,41 @@ class TransformerConfig(Section):
         return self
 
 
+class ImportModelConfig(Section):
+    """Your own torch.nn.Module: a class or a factory function, built with ``kwargs`` (and
+    ``input_shape`` and ``n_outputs`` when its signature names them). Any module trains; buffers
+    (BatchNorm's running statistics) travel with the parameters and are averaged with them."""
+
+    kind: Literal["import"] = "import"
+    """Selects this variant."""
+    target: str
+    """The class or factory: module.path:name (importable) or path/to/file.py:name (relative to
+    the working directory)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the class or factory."""
+
+
+class MemoryModelConfig(Section):
+    """The module or factory passed to ``fedsim.run(scenario, model=...)`` (fedsim.run sets it)."""
+
+    kind: Literal["memory"] = "memory"
+    """Selects this variant."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the factory passed (none for a module instance)."""
+
+
+USER_MODELS = ("import", "memory")
+"""Model kinds that are the user's own module."""
+
 AnyModelConfig = (
-    MLPConfig | LogRegConfig | LinearConfig | CNNConfig | CNN1DConfig | TransformerConfig
+    MLPConfig
+    | LogRegConfig
+    | LinearConfig
+    | CNNConfig
+    | CNN1DConfig
+    | TransformerConfig
+    | ImportModelConfig
+    | MemoryModelConfig
 )
 Model = Annotated[AnyModelConfig, Field(discriminator="kind"), DefaultTag("kind", "mlp")]
 """The scenario's ``model`` section: one of the configs above, chosen by ``kind``."""
@@ -386,17 +430,175 @@ def check_functional(module: nn.Module, kind: str) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------------
+# Your own module: imported (kind import) or passed to fedsim.run (kind memory)
+
+ModelSource = nn.Module | Callable[..., nn.Module]
+"""What ``fedsim.run(model=...)`` takes: a module instance, a module class or a factory."""
+
+_IN_MEMORY: ContextVar[ModelSource | None] = ContextVar("fedsim_in_memory_model", default=None)
+
+
+@contextmanager
+def using_model(model: ModelSource | None) -> Iterator[ModelSource | None]:
+    """Within the block, ``model: {kind: memory}`` means ``model`` (what ``fedsim.run(model=...)``
+    was given: an ``nn.Module`` instance, class or factory). None: no change."""
+    if model is None:
+        yield None
+        return
+    if not (isinstance(model, nn.Module) or callable(model)):
+        raise ScenarioError(
+            f"fedsim.run(model=...) takes a torch.nn.Module, a module class or a factory, not "
+            f"{type(model).__name__}",
+            path="model",
+        )
+    token = _IN_MEMORY.set(model)
+    try:
+        yield model
+    finally:
+        _IN_MEMORY.reset(token)
+
+
+def in_memory_model() -> ModelSource | None:
+    """The model of the enclosing :func:`using_model` block, or None."""
+    return _IN_MEMORY.get()
+
+
+def _source(config: ImportModelConfig | MemoryModelConfig, module: ModelSource | None, base_dir):
+    """``(object, key, name)``: the class, factory or instance a user model is built from, the
+    scenario key it came from, and how errors name it."""
+    if module is None and config.kind == "import":
+        obj = resolve_target(config.target, key="model.target", base_dir=base_dir)
+        return obj, "model.target", repr(config.target)
+    obj = module if module is not None else in_memory_model()
+    if obj is None:
+        raise ScenarioError(
+            "model kind memory is the module passed to fedsim.run(model=...); none was passed "
+            "(a saved scenario of such a run needs it again)",
+            path="model.kind",
+            value="memory",
+        )
+    name = getattr(obj, "__qualname__", None) or type(obj).__name__
+    return obj, "model", f"fedsim.run(model={name})"
+
+
+def _arguments(factory: Callable, kwargs: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
+    """``kwargs`` plus ``input_shape`` and ``n_outputs`` where the signature names them."""
+    args = dict(kwargs)
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: kwargs only
+        return args
+    offered = {"input_shape": tuple(info.input_shape), "n_outputs": info.n_classes}
+    for name, value in offered.items():
+        if name in parameters and name not in args:
+            args[name] = value
+    return args
+
+
+def _make(factory: Callable, args: dict[str, Any], seed: int) -> Any:
+    """Call ``factory(**args)`` with torch's global RNG seeded (and restored afterwards), on the
+    CPU, outside any ``meta`` device context."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(seed)
+        return factory(**args)
+
+
+def _build_user(
+    config: ImportModelConfig | MemoryModelConfig,
+    info: DatasetInfo,
+    module: ModelSource | None,
+    base_dir: str | Path | None,
+) -> tuple[nn.Module, ParamSpec]:
+    obj, key, name = _source(config, module, base_dir)
+    value = getattr(config, "target", "memory")
+
+    def fail(cause: str) -> ScenarioError:
+        return ScenarioError(f"{name}: {cause}", path=key, value=value)
+
+    if isinstance(obj, nn.Module):
+        if config.kwargs:
+            raise fail(
+                f"is a module instance ({type(obj).__name__}), so model.kwargs "
+                f"({', '.join(config.kwargs)}) cannot apply; name its class or a factory"
+            )
+        built = copy.deepcopy(obj)  # never change the caller's module (train/eval mode)
+        initial = ParamSpec.flat_state(built)
+
+        def init(_generator: torch.Generator) -> torch.Tensor:
+            return initial.clone()
+    elif callable(obj):
+        args = _arguments(obj, config.kwargs, info)
+        try:
+            built = _make(obj, args, 0)
+        except Exception as exc:
+            raise fail(f"building the model raised {describe_error(exc)}") from None
+        if not isinstance(built, nn.Module):
+            raise fail(f"returned {type(built).__name__}, not a torch.nn.Module")
+
+        def init(generator: torch.Generator) -> torch.Tensor:
+            # The module's own initialisation, drawn under a torch seed from the run's stream.
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            return ParamSpec.flat_state(_make(obj, args, seed))
+    else:
+        raise fail(f"is a {type(obj).__name__}, not a torch.nn.Module class or factory")
+    if next(iter(built.parameters()), None) is None:
+        raise fail("the module has no parameters, so there is nothing to train")
+    for tensor in (*built.parameters(), *built.buffers()):
+        if tensor.is_complex():
+            raise fail("complex parameters or buffers are not supported (the vector is real)")
+    _probe_output(built, info, fail)
+    built.train()
+    return built, ParamSpec.from_module(built, init)
+
+
+def _probe_output(module: nn.Module, info: DatasetInfo, fail: Callable[[str], Exception]) -> None:
+    """A forward pass on one sample (zeros, eval mode): the output must be ``[1, n_outputs]``
+    (``[1]`` also for a regression model's one output)."""
+    shape = tuple(info.input_shape)
+    dtype = torch.long if info.vocab_size is not None else torch.float32
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), torch.device("cpu"):
+            out = module(torch.zeros((1, *shape), dtype=dtype))
+    except Exception as exc:
+        raise fail(
+            f"a forward pass on one sample of shape {list(shape)} raised {describe_error(exc)}"
+        ) from None
+    finally:
+        module.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise fail(f"the forward pass returned {type(out).__name__}, not a tensor")
+    n = info.n_classes
+    fits = tuple(out.shape) == (1, n) or (info.task == "regression" and tuple(out.shape) == (1,))
+    if not fits:
+        what = f"{n} class scores" if info.task == "classification" else "1 regression output"
+        raise fail(
+            f"the output on one sample has shape {list(out.shape)}, expected [1, {n}] ({what} "
+            f"for dataset {info.name})"
+        )
+    if not out.dtype.is_floating_point:
+        raise fail(f"the output has dtype {out.dtype}, expected floating point scores")
+
+
 def build_model(
     config: AnyModelConfig,
     in_features: int | DatasetInfo,
     n_classes: int | None = None,
     *,
     input_shape: tuple[int, ...] | None = None,
+    module: ModelSource | None = None,
+    base_dir: str | Path | None = None,
 ) -> tuple[nn.Module, ParamSpec]:
-    """The module (on the meta device: a pure function of its parameters) and its ParamSpec.
+    """The module and its ParamSpec.
 
     Pass the dataset's :class:`DatasetInfo` (``build_model(config, info)``), or, as before,
     ``in_features`` and ``n_classes`` (and ``input_shape`` for the CNNs and the transformer).
+    A built-in model is on the meta device (a pure function of its parameters). Your own model
+    (``kind: import`` or ``memory``; ``module`` is what ``fedsim.run(model=...)`` was given, else
+    the enclosing :func:`using_model`'s) is a CPU copy, checked by a forward pass on one sample;
+    its spec holds its buffers and its own initialisation (``spec.init``).
     """
     if isinstance(in_features, DatasetInfo):
         info = in_features
@@ -404,10 +606,12 @@ def build_model(
         if n_classes is None:
             raise TypeError("build_model needs n_classes when given in_features")
         info = DatasetInfo("custom", in_features, n_classes, tuple(input_shape or ()))
+    if config.kind in USER_MODELS:
+        return _build_user(config, info, module, base_dir)  # type: ignore[arg-type]
     with torch.device("meta"):
-        module = MODELS[config.kind](config, info)
-    check_functional(module, config.kind)
-    return module, ParamSpec.from_module(module)
+        built = MODELS[config.kind](config, info)
+    check_functional(built, config.kind)
+    return built, ParamSpec.from_module(built)
 
 
 def init_params(spec: ParamSpec, generator: torch.Generator) -> torch.Tensor:
@@ -415,8 +619,11 @@ def init_params(spec: ParamSpec, generator: torch.Generator) -> torch.Tensor:
 
     Weights and their biases are uniform on ±1/sqrt(fan_in); 1-D weights of normalisation layers are 1.
     Other parameters of two or more dimensions (embeddings, positions) are uniform on
-    ±1/sqrt(size of their last dimensions).
+    ±1/sqrt(size of their last dimensions). Your own model (``spec.init``) keeps its own
+    initialisation: it is built again with torch's RNG seeded from ``generator``.
     """
+    if spec.init is not None:
+        return spec.init(generator)
     chunks = []
     fan_in_of: dict[str, int] = {}
     for name, shape in zip(spec.names, spec.shapes, strict=True):

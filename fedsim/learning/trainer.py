@@ -9,8 +9,10 @@ of a job never depends on when, with whom or on which device it was trained.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -145,6 +147,42 @@ class LocalTask:
         self.loss_fn = loss_for(data.info)
         """``loss(outputs, targets, reduction)``: cross-entropy, or MSE for a regression dataset."""
         self.optimizer = LocalOptimizer.from_config(config)
+        self.seeded = spec.init is not None
+        """Your own model (imported or passed): each job runs under torch's RNG seeded from the
+        job's seed (:meth:`job_rng`), so dropout draws the same numbers on every path."""
+        module.train()
+
+    def job_seed(self, job: TrainJob) -> int:
+        """The torch seed of a job's random operations (dropout): a child of the job's seed,
+        independent of its mini-batch stream."""
+        child = np.random.SeedSequence(job.seed.entropy, spawn_key=(*job.seed.spawn_key, 0x6D6F64))
+        return int(child.generate_state(1, np.uint64)[0])
+
+    @contextlib.contextmanager
+    def job_rng(self, job: TrainJob) -> Iterator[None]:
+        """Run a job with torch's global RNG (CPU and the job's device) seeded from
+        :meth:`job_seed`, restored afterwards; nothing for the built-in models (no randomness)."""
+        if not self.seeded:
+            yield
+            return
+        device = job.start.device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.job_seed(job))
+            yield
+
+    def split_loss(
+        self,
+        params: torch.Tensor,
+        buffers: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean loss of a mini-batch for a model with buffers: ``params`` (the vector's head) and
+        the job's buffer views, which a forward pass in train mode updates in place."""
+        named = {**self.spec.param_views(params), **buffers}
+        logits = functional_call(self.module, named, (x,))
+        return self.loss_fn(logits, y)
 
     def sample_losses(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample losses (the batched trainer masks padded samples with them)."""
@@ -178,11 +216,35 @@ class LocalTask:
         return rows[local]
 
 
+@dataclass(frozen=True)
+class TrainingPath:
+    """How local training runs and why: ``summary.json`` → ``trainer``, ``fedsim validate``.
+
+    ``path``: ``stacked`` (one grouped forward/backward over the stacked parameters of every
+    pending job: the built-in models), ``vmap`` (``torch.func.vmap`` over the stacked jobs: a
+    module that is a pure function of its parameters) or ``loop`` (one job at a time: buffers,
+    randomness, samples coupled within a mini-batch, an operation vmap cannot take, or
+    ``training.backend: sequential``). Every path gives each job the result of the loop.
+    """
+
+    backend: str
+    path: Literal["stacked", "vmap", "loop"]
+    reason: str
+
+    def to_summary(self) -> dict[str, str]:
+        return {"backend": self.backend, "path": self.path, "reason": self.reason}
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
 class SequentialTrainer:
     """Reference backend: trains each job alone, the moment its result is first needed."""
 
     def __init__(self, task: LocalTask) -> None:
         self.task = task
+        self.training_path = TrainingPath("sequential", "loop", "one job at a time")
+        """How jobs train and why (set by :func:`~fedsim.learning.batched.make_trainer`)."""
         self.jobs_trained = 0
         self.train_seconds = 0.0  # real time spent training (for the overhead split)
 
@@ -203,15 +265,39 @@ class SequentialTrainer:
         batches = torch.as_tensor(task.batches(job), device=device)
         w = job.start.clone()
         state: dict[str, torch.Tensor] = {}
+        with task.job_rng(job):
+            if task.spec.buffers:
+                self._train_with_buffers(job, w, batches, state)
+            else:
+                for t, rows in enumerate(batches):
+                    y = task.data.y_train[rows]
+                    if job.flip_labels:
+                        y = (task.data.info.n_classes - 1) - y
+                    g = self._grad(w, task.data.x_train[rows], y)
+                    task.optimizer.step(w, g, state, t)
+        self.jobs_trained += 1
+        self.train_seconds += time.perf_counter() - started
+        return w.detach()
+
+    def _train_with_buffers(
+        self, job: TrainJob, w: torch.Tensor, batches: torch.Tensor, state: dict
+    ) -> None:
+        """The loop for a model with buffers, in place on ``w = [params | buffers]``: gradient
+        steps on the head; each forward pass (train mode) updates the buffers in the tail, as
+        ``torch.optim`` on the module would."""
+        task, spec = self.task, self.task.spec
+        params, tail = w[: spec.n_params], w[spec.n_params :]
+        buffers = spec.buffer_views(tail)
         for t, rows in enumerate(batches):
             y = task.data.y_train[rows]
             if job.flip_labels:
                 y = (task.data.info.n_classes - 1) - y
-            g = self._grad(w, task.data.x_train[rows], y)
-            task.optimizer.step(w, g, state, t)
-        self.jobs_trained += 1
-        self.train_seconds += time.perf_counter() - started
-        return w.detach()
+            p = params.detach().requires_grad_()
+            with torch.enable_grad():
+                loss = task.split_loss(p, buffers, task.data.x_train[rows], y)
+                (g,) = torch.autograd.grad(loss, p)
+            task.optimizer.step(params, g, state, t)
+        spec.write_integer_buffers(buffers, tail)
 
 
 class Evaluator:
@@ -232,11 +318,16 @@ class Evaluator:
         correct = 0
         loss_sum = 0.0
         views = self.spec.views(flat)
-        for i in range(0, len(y), chunk):
-            logits = functional_call(self.module, views, (x[i : i + chunk],))
-            loss_sum += float(self.loss_fn(logits, y[i : i + chunk], reduction="sum"))
-            if self.classification:
-                correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
+        training = self.module.training
+        self.module.eval()  # BatchNorm uses its running statistics, dropout is off
+        try:
+            for i in range(0, len(y), chunk):
+                logits = functional_call(self.module, views, (x[i : i + chunk],))
+                loss_sum += float(self.loss_fn(logits, y[i : i + chunk], reduction="sum"))
+                if self.classification:
+                    correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
+        finally:
+            self.module.train(training)
         self.seconds += time.perf_counter() - started
         accuracy = correct / len(y) if self.classification else float("nan")
         return accuracy, loss_sum / len(y)
