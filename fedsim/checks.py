@@ -113,7 +113,18 @@ def check_runnable(scenario: Any, data: Any = None) -> None:
     headers (sizes, shapes, label ranges; not the images), compares the training samples with the
     clients, and builds the topology (graph and mixing files, connectivity). ``data`` is the
     :class:`fedsim.Dataset` passed to ``fedsim.run(data=...)``, if any (checked in its place).
+
+    Each problem names ``FILE:LINE:`` of its key when the scenario was read from a file (or the
+    ``--set`` that gave it), as validation errors do (:meth:`Scenario.locate_error`).
     """
+    try:
+        _check_runnable(scenario, data)
+    except ScenarioError as exc:
+        locate = getattr(scenario, "locate_error", None)
+        raise (locate(exc) if locate is not None else exc) from None
+
+
+def _check_runnable(scenario: Any, data: Any) -> None:
     from fedsim.learning.data import check_data
     from fedsim.rng import SeedStreams
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -21,6 +22,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -154,6 +156,34 @@ class Scenario(Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     """Output location."""
 
+    _source: Any = PrivateAttr(default=None)
+    # Where the scenario was read from (a Source), set by load_scenario. A private attribute: it is
+    # not a key, so it changes neither to_dict(), to_yaml() nor hash(), and model_copy keeps it.
+
+    @property
+    def source(self) -> Source | None:
+        """Where this scenario came from: its file and the line of each key there, and the key
+        paths set by overrides (None for a Scenario built directly, not by :func:`load_scenario`).
+        Errors found after loading name ``FILE:LINE`` through it (:meth:`locate_error`)."""
+        return self._source
+
+    def locate_error(self, exc: ScenarioError) -> ScenarioError:
+        """``exc`` with each of its problems that names a key but no place given the place of that
+        key (``FILE:LINE:`` in the scenario file, or ``--set``), as validation errors are."""
+        source = self._source
+        if source is None:
+            return exc
+        problems = [source.relocate(p) for p in exc.problems]
+        if problems == exc.problems:
+            return exc
+        return ScenarioError.of(problems, value=exc.value)
+
+    def __eq__(self, other: object) -> bool:
+        # Two scenarios with the same keys are equal wherever they were read from.
+        if not isinstance(other, Scenario):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
@@ -277,7 +307,8 @@ class Scenario(Section):
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a scenario file (see :mod:`fedsim.yamlio` for the limits applied)."""
+    """The mapping in a scenario file (see :mod:`fedsim.yamlio` for the limits applied), its
+    relative file paths made absolute against the file's folder (:func:`resolve_paths`)."""
     return read_yaml_lines(path)[0]
 
 
@@ -293,7 +324,73 @@ def read_yaml_lines(path: str | Path) -> tuple[dict[str, Any], KeyLines]:
         raise ScenarioError(
             f"{path}: a scenario must be a mapping of keys, got {type(data).__name__}"
         )
-    return data, lines
+    return resolve_paths(data, path.parent), lines
+
+
+PATH_KEYS = ("data.path", "data.cache_dir", "topology.graph.path", "topology.mixing.path")
+"""Keys naming a local file or folder. A relative path is made absolute when the scenario is loaded:
+against the scenario file's folder for a value in the file, against the working directory for a
+value in a mapping or an override (:func:`resolve_paths`). ``output.dir`` is not one of them: a run
+directory goes where the command runs."""
+TARGET_KEYS = ("data.target", "model.target")
+"""Keys naming a target; the file of a ``path/to/file.py:name`` target is resolved like
+:data:`PATH_KEYS` (a ``module.path:name`` target is left as it is)."""
+
+
+def absolute_path(value: str, base_dir: str | Path) -> str:
+    """``value`` (``~`` expanded) as an absolute, normalised path; relative to ``base_dir``."""
+    path = os.path.expanduser(value)
+    return os.path.normpath(os.path.join(os.path.abspath(base_dir), path))
+
+
+def _absolute_target(value: str, base_dir: str | Path) -> str:
+    head, sep, attr = value.strip().rpartition(":")
+    if not sep or not head.endswith(".py"):
+        return value
+    return f"{absolute_path(head, base_dir)}:{attr}"
+
+
+def resolve_paths(data: dict[str, Any], base_dir: str | Path) -> dict[str, Any]:
+    """``data`` (a scenario mapping) with the relative paths of :data:`PATH_KEYS` and
+    :data:`TARGET_KEYS` made absolute against ``base_dir``; a copy along the changed paths only.
+
+    A file-reading variant that takes its file's default (``from_file`` graph or mixing without
+    ``path``: ``edges.txt``, ``mixing.txt``) gets that default resolved too, so a relative path
+    means the same whether it was written or left out. Values that are not non-empty strings are
+    left for validation to refuse.
+    """
+    result = dict(data)
+    for key in (*PATH_KEYS, *TARGET_KEYS):
+        parts = key.split(".")
+        node: Any = result
+        chain = [node]
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                break
+            chain.append(node)
+        else:
+            leaf = parts[-1]
+            value = node.get(leaf)
+            if value is None and leaf not in node:
+                model = _section_at(".".join(parts[:-1]), result)
+                field = model.model_fields.get(leaf) if model is not None else None
+                value = field.default if field is not None else None
+            if not isinstance(value, str) or not value.strip():
+                continue
+            if key in TARGET_KEYS:
+                resolved = _absolute_target(value, base_dir)
+            else:
+                resolved = absolute_path(value, base_dir)
+            if resolved == value:
+                continue
+            # Copy each mapping on the way down (shared, aliased parts elsewhere stay shared).
+            parent = result
+            for part in parts[:-1]:
+                parent[part] = dict(parent[part])
+                parent = parent[part]
+            parent[leaf] = resolved
+    return result
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -383,38 +480,58 @@ class Source:
                 return Problem(message, path, self.file, line)
         return Problem(message, path, self.file)
 
+    def relocate(self, problem: Problem) -> Problem:
+        """``problem`` with where its key was given, when it names a key but no place yet."""
+        if problem.file is not None or problem.override or not problem.path:
+            return problem
+        return self.locate(problem.message, problem.path)
+
 
 def load_scenario(
     source: str | Path | Mapping[str, Any] | Scenario,
     overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    *,
+    base_dir: str | Path | None = None,
 ) -> Scenario:
     """A validated Scenario from a path, a dict or a Scenario, with dotted-path overrides.
 
     Every validation error is reported at once (:attr:`ScenarioError.problems`), each naming the
     file and line of its key when it came from a file, or the ``--set`` override that gave it.
+    The scenario remembers where it came from (:attr:`Scenario.source`; a Scenario given as
+    ``source`` passes its own on), so errors found later name the same places.
+
+    Relative paths (:data:`PATH_KEYS`, :data:`TARGET_KEYS`) are made absolute here: against the
+    scenario file's folder for the file's values, against ``base_dir`` (default: the working
+    directory) for a mapping's values and for overrides. Everything downstream, and the
+    ``scenario.yaml`` a run saves, sees absolute paths.
     """
     lines: KeyLines = {}
     file = None
+    given: tuple[str, ...] = ()
     if isinstance(source, Scenario):
         data = source.to_dict()
+        if source.source is not None:
+            file, lines, given = source.source.file, source.source.lines, source.source.overrides
     elif isinstance(source, Mapping):
         data = dict(source)
     else:
-        data, lines = read_yaml_lines(source)
+        data, lines = read_yaml_lines(source)  # its relative paths: against its folder
         file = str(source)
-    given: tuple[str, ...] = ()
     if overrides:
         if not isinstance(overrides, Mapping):
             overrides = dict(parse_override(o) for o in overrides)
-        given = tuple(overrides)
+        given = (*given, *(k for k in overrides if k not in given))
         data = apply_overrides(data, overrides)
         for path in overrides:
             _check_override_path(path, data)
+    data = resolve_paths(data, Path.cwd() if base_dir is None else Path(base_dir))
     where = Source(file, lines, given)
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise scenario_error(exc, data, where) from None
+    scenario._source = where
+    return scenario
 
 
 def scenario_error(exc: ValidationError, data: Any, source: Source | None = None) -> ScenarioError:
@@ -537,17 +654,26 @@ def _override_error(message: str, path: str) -> ScenarioError:
 
 def _known_keys(parent_path: str, data: Any) -> list[str]:
     """Field names (by alias) of the section at ``parent_path`` of the scenario."""
+    model = _section_at(parent_path, data)
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _section_at(parent_path: str, data: Any) -> Any:
+    """The Section class of the section at ``parent_path`` of the scenario mapping ``data`` (the
+    variant its tag names), or None where the path names no section."""
     model: Any = Scenario
     node = data
     for part in [p for p in parent_path.split(".") if p]:
         node = node.get(part) if isinstance(node, dict) else None
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
-            return []
+            return None
         model = _section_type(field.annotation, node, field.metadata)
         if model is None:
-            return []
-    return [f.alias or name for name, f in model.model_fields.items()]
+            return None
+    return model
 
 
 def _section_type(annotation: Any, node: Any, metadata: Iterable[Any] = ()) -> Any:

@@ -687,7 +687,10 @@ def run(
         rundir.check(run_dir, overwrite=overwrite, resume=resume is not None)
     with using_data(data):
         build = {"device": device, "progress": progress, "callbacks": list(callbacks)}
-        return _run_resolved(resolved, run_dir, build, threads, overwrite, resume)
+        try:
+            return _run_resolved(resolved, run_dir, build, threads, overwrite, resume)
+        except ScenarioError as exc:  # found after loading: FILE:LINE of its key, like validation
+            raise resolved.locate_error(exc) from None
 
 
 def _run_resolved(

@@ -142,7 +142,8 @@ class FileGraph(Section):
     kind: Literal["from_file"] = "from_file"
     """Selects this variant."""
     path: str = "edges.txt"
-    """File to read (relative paths are relative to the working directory)."""
+    """File to read (a relative path is relative to the scenario file's folder; made absolute when
+    the scenario is loaded)."""
     format: Literal["auto", "edge_list", "adjacency"] = "auto"
     """How to read the file; auto takes a servers × servers table as an adjacency matrix and
     two columns as an edge list."""
@@ -210,7 +211,8 @@ class FileMixing(Section):
     kind: Literal["from_file"] = "from_file"
     """Selects this variant."""
     path: str = "mixing.txt"
-    """File to read (relative paths are relative to the working directory)."""
+    """File to read (a relative path is relative to the scenario file's folder; made absolute when
+    the scenario is loaded)."""
     symmetric: bool = False
     """Also require W = Wᵀ (within 1e-9)."""
 

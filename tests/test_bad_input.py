@@ -255,7 +255,7 @@ def test_topology_text_file_not_utf8(tmp_path, capsys, encoding):
         else "table is UTF-16 text; save it as UTF-8"
     )
     where = f"{table}:2" if encoding == "random" else f"{table}"
-    expected = f"topology.graph.path: {where}: {problem}"
+    expected = f"{path}:2: topology.graph.path: {where}: {problem}"
     line = _one_line_error(["run", str(path), "-q", "--out", str(tmp_path / "r")], capsys)
     assert line == expected
 
@@ -438,8 +438,9 @@ def _mnist(folder: Path, n_train=20, n_labels=None, shape=(28, 28), labels_max=1
         _idx(folder / name, array, gz)
 
 
-def _refused_by_validate_and_run(tmp_path, capsys, text: str) -> str:
-    """validate exits 2 with one line; Simulation raises the same ScenarioError."""
+def _refused_by_validate_and_run(tmp_path, capsys, text: str, *, at: int) -> str:
+    """validate exits 2 with one line; Simulation raises the same ScenarioError. The line starts
+    with ``FILE:LINE:`` of the key (line ``at`` of the file); return what follows."""
     path = tmp_path / "data.yaml"
     path.write_text(text)
     line = _one_line_error(["validate", str(path)], capsys)
@@ -447,7 +448,8 @@ def _refused_by_validate_and_run(tmp_path, capsys, text: str) -> str:
     with pytest.raises(fedsim.ScenarioError) as info:
         fedsim.Simulation(scenario, device="cpu")
     assert str(info.value) == line
-    return line
+    assert line.startswith(f"{path}:{at}: "), line
+    return line.removeprefix(f"{path}:{at}: ")
 
 
 MNIST = (
@@ -457,21 +459,21 @@ MNIST = (
 
 def test_idx_image_and_label_counts_must_match(tmp_path, capsys):
     _mnist(tmp_path, n_train=20, n_labels=15)
-    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path), at=1)
     images, labels = tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"
     assert line == f"data.path: {images} holds 20 images but {labels} holds 15 labels"
 
 
 def test_idx_labels_out_of_range(tmp_path, capsys):
     _mnist(tmp_path, labels_max=200)
-    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path), at=1)
     assert line.startswith(f"data.path: {tmp_path / 'train-labels-idx1-ubyte'}: label ")
     assert line.endswith("is outside 0..9")
 
 
 def test_idx_wrong_image_shape(tmp_path, capsys):
     _mnist(tmp_path, shape=(32, 32))
-    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path), at=1)
     assert line == (
         f"data.path: {tmp_path / 'train-images-idx3-ubyte'} holds images of shape (32, 32), "
         "expected 28×28"
@@ -482,7 +484,7 @@ def test_idx_truncated_file(tmp_path, capsys):
     _mnist(tmp_path)
     images = tmp_path / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-5])
-    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path), at=1)
     assert line == f"data.path: {images} holds 15691 bytes, its header says 15696"
 
 
@@ -490,7 +492,7 @@ def test_gz_that_is_not_gzip(tmp_path, capsys):
     _mnist(tmp_path, gz=True)
     labels = tmp_path / "train-labels-idx1-ubyte.gz"
     labels.write_bytes(b"this is not gzip at all")
-    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path))
+    line = _refused_by_validate_and_run(tmp_path, capsys, MNIST.format(path=tmp_path), at=1)
     assert line.startswith(f"data.path: {labels} is not a valid gzip file (")
 
 
@@ -502,7 +504,7 @@ def test_cifar_pickles_of_random_bytes(tmp_path, capsys):
     for name in CIFAR10_FILES:
         (tmp_path / name).write_bytes(np.random.default_rng(1).bytes(4000))
     text = f"data: {{dataset: cifar10, path: {tmp_path}}}\nclients: {{count: 2}}\n"
-    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    line = _refused_by_validate_and_run(tmp_path, capsys, text, at=1)
     assert (
         line
         == f"data.path: {tmp_path / 'data_batch_1'} is not a CIFAR-10 batch (not a python pickle)"
@@ -532,14 +534,14 @@ def test_cache_dir_that_is_a_file(tmp_path, capsys):
     cache = tmp_path / "cache"
     cache.write_text("a file")
     text = f"data: {{dataset: mnist1d, cache_dir: {cache}}}\nclients: {{count: 2}}\n"
-    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    line = _refused_by_validate_and_run(tmp_path, capsys, text, at=1)
     assert line == (
         f"data.cache_dir: {cache} is a file, not a folder: cannot cache datasets under {cache}"
     )
 
 
 def test_more_clients_than_samples_is_caught_by_validate(tmp_path, capsys):
-    line = _refused_by_validate_and_run(tmp_path, capsys, "clients: {count: 5000}\n")
+    line = _refused_by_validate_and_run(tmp_path, capsys, "clients: {count: 5000}\n", at=1)
     assert line == (
         "clients.count: 5000 clients for the 1438 training samples of digits: every client "
         "needs at least one"
@@ -548,7 +550,7 @@ def test_more_clients_than_samples_is_caught_by_validate(tmp_path, capsys):
 
 def test_missing_data_path_is_caught_by_validate(tmp_path, capsys):
     text = f"data: {{dataset: mnist_idx, path: {tmp_path / 'nowhere'}}}\n"
-    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    line = _refused_by_validate_and_run(tmp_path, capsys, text, at=1)
     assert line.startswith("data.path: missing local dataset file(s): ")
 
 
@@ -556,10 +558,10 @@ def test_sizes_that_cannot_fit_name_the_memory(tmp_path, capsys):
     from fedsim.checks import check_memory
 
     line = _refused_by_validate_and_run(
-        tmp_path, capsys, "training: none\nclients: {count: 1000000000000}\n"
+        tmp_path, capsys, "training: none\nclients: {count: 1000000000000}\n", at=2
     )
     assert line.startswith("clients.count: 1,000,000,000,000 clients need about 256 TB of memory")
-    line = _refused_by_validate_and_run(tmp_path, capsys, "model: {hidden: [100000000000]}\n")
+    line = _refused_by_validate_and_run(tmp_path, capsys, "model: {hidden: [100000000000]}\n", at=1)
     assert line.startswith("model: the model has 7,500,000,000,010 parameters: 30 TB each copy")
     # The bound is the machine's memory: a small model fits, a 10 kB machine refuses it.
     small = fedsim.load_scenario({"model": {"hidden": [8]}})
@@ -616,7 +618,7 @@ def test_disconnected_graph_and_bad_mixing_files_are_caught_by_validate(tmp_path
         "training: none\nalgorithm: {name: dfl}\n"
         f"topology: {{servers: 4, clients_per_server: 1, graph: {{kind: from_file, path: {edges}}}}}\n"
     )
-    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    line = _refused_by_validate_and_run(tmp_path, capsys, text, at=3)
     assert line.startswith("topology.graph: ")
     assert "connected" in line
     mixing = tmp_path / "w.txt"
@@ -626,7 +628,7 @@ def test_disconnected_graph_and_bad_mixing_files_are_caught_by_validate(tmp_path
         "topology: {servers: 2, clients_per_server: 1, graph: complete, "
         f"mixing: {{kind: from_file, path: {mixing}}}}}\n"
     )
-    line = _refused_by_validate_and_run(tmp_path, capsys, text)
+    line = _refused_by_validate_and_run(tmp_path, capsys, text, at=3)
     assert line.startswith("topology.mixing")
     assert "row 1 sums to 0.9" in line
 

@@ -436,15 +436,25 @@ def _cli(args: list[str], capsys) -> str:
     return lines[0].removeprefix("error: ")
 
 
+def _line_of(path: Path, key: str) -> int:
+    """The line (from 1) of ``section.key`` in a block-style YAML file, found by reading it."""
+    section, name = key.split(".")
+    text = path.read_text().splitlines()
+    start = text.index(f"{section}:")
+    return next(i for i, t in enumerate(text) if i > start and t.startswith(f"  {name}:")) + 1
+
+
 def _all_refuse(path: Path, key: str, fragment: str, capsys) -> None:
-    """``fedsim validate``, ``fedsim run`` and ``fedsim.run`` all refuse with the same line."""
+    """``fedsim validate``, ``fedsim run`` and ``fedsim.run`` all refuse with the same line,
+    which starts with ``FILE:LINE:`` of the key."""
+    where = f"{path}:{_line_of(path, key)}: {key}: "
     for command in ("validate", "run"):
         line = _cli([command, str(path)], capsys)
-        assert line.startswith(f"{key}: "), line
+        assert line.startswith(where), line
         assert fragment in line, line
     with pytest.raises(ScenarioError) as info:
         fedsim.run(path, save=False)
-    assert str(info.value).startswith(f"{key}: ") and fragment in str(info.value)
+    assert str(info.value).startswith(where) and fragment in str(info.value)
     assert "\n" not in str(info.value)
     assert not (path.parent / "run").exists()
 

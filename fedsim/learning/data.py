@@ -146,19 +146,21 @@ class DataConfig(Section):
     """How training samples are dealt to clients."""
     path: str | None = None
     """Local folder of the files of mnist_idx, fashion_mnist_idx or cifar10 (never downloaded); for
-    npz, the .npz file holding x_train, y_train, x_test, y_test and optionally owner_train."""
+    npz, the .npz file holding x_train, y_train, x_test, y_test and optionally owner_train. A
+    relative path is relative to the scenario file's folder (made absolute when it is loaded)."""
     target: str | None = None
-    """For import: the loader, module.path:name or path/to/file.py:name, returning x_train,
-    y_train, x_test, y_test (a dict or an object; numpy or torch; optionally owner_train) or
-    (train, test) map-style torch Datasets of (x, y) pairs."""
+    """For import: the loader, module.path:name or path/to/file.py:name (a relative file is
+    relative to the scenario file's folder), returning x_train, y_train, x_test, y_test (a dict or
+    an object; numpy or torch; optionally owner_train) or (train, test) map-style torch Datasets of
+    (x, y) pairs."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """For import: keyword arguments passed to the loader."""
     n_classes: int | None = Field(None, ge=2)
     """For npz and import with integer labels: the number of classes; null: the largest label
     plus one."""
     cache_dir: str | None = None
-    """Where generated datasets (mnist1d) are cached; null: $XDG_CACHE_HOME/fedsim or
-    ~/.cache/fedsim."""
+    """Where generated datasets (mnist1d) are cached (a relative path is relative to the scenario
+    file's folder); null: $XDG_CACHE_HOME/fedsim or ~/.cache/fedsim."""
     synthetic_classification: SyntheticClassification = Field(
         default_factory=SyntheticClassification
     )
@@ -864,11 +866,13 @@ def check_data(
         n_train = check_user_data(config, n_clients, user_data, base_dir=base_dir)
     elif name in ("mnist_idx", "fashion_mnist_idx"):
         assert config.path is not None
-        files = _find(Path(config.path), (_IDX_SUBDIRS[name],), IDX_FILES, gz=True)
+        folder = resolve_path(config.path, base_dir)
+        files = _find(folder, (_IDX_SUBDIRS[name],), IDX_FILES, gz=True)
         n_train = _check_idx_files(files)
     elif name == "cifar10":
         assert config.path is not None
-        files = _find(Path(config.path), ("cifar-10-batches-py",), CIFAR10_FILES, gz=False)
+        folder = resolve_path(config.path, base_dir)
+        files = _find(folder, ("cifar-10-batches-py",), CIFAR10_FILES, gz=False)
         for file in files:
             _check_pickle(file)
         n_train = sum(f.stat().st_size for f in files[:-1]) // CIFAR10_BYTES_PER_IMAGE
@@ -879,7 +883,9 @@ def check_data(
                 path="data.dataset",
                 value="mnist1d",
             )
-        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        cache = (
+            resolve_path(config.cache_dir, base_dir) if config.cache_dir else default_cache_dir()
+        )
         _check_cache_dir(cache, given=bool(config.cache_dir))
         n_train = MNIST1D_TRAIN
     else:
