@@ -26,6 +26,7 @@ from simpy.core import EmptySchedule, StopSimulation
 from fedsim import rundir
 from fedsim.algorithms import ALGORITHMS
 from fedsim.algorithms.base import ServerModel
+from fedsim.algorithms.context import COUNTERS, AlgorithmContext, ClientFacts, ModelFacts
 from fedsim.callbacks import Callbacks, ProgressCallback
 from fedsim.checks import check_runnable
 from fedsim.clients import ClientPool, Job
@@ -167,7 +168,31 @@ class Simulation:
             for server in self.servers:
                 server.listener = self._published
         self.message_bytes = 0
-        self.algorithm = ALGORITHMS[scenario.algorithm.name](scenario.algorithm, self)
+        self.context = AlgorithmContext(
+            env=self.env,
+            pool=self.pool,
+            servers=self.servers,
+            streams=self.streams,
+            scenario=scenario,
+            clients=ClientFacts(
+                count=n_clients,
+                sizes=self.client_sizes,
+                byzantine=self.byzantine_list,
+                server=self.client_server,
+            ),
+            model=ModelFacts(
+                learning=self.learning,
+                spec=self.spec,
+                device=self.device,
+                evaluator=self.evaluator,
+                data=getattr(self, "data", None),
+                trainer=self.trainer,
+            ),
+            timing=self.timing,
+            topology=self.topology,
+            trace=self,
+        )
+        self.algorithm = ALGORITHMS[scenario.algorithm.name](scenario.algorithm, self.context)
 
         chunk = scenario.output.flush_rows
         self.events = TraceWriter(
@@ -258,6 +283,18 @@ class Simulation:
 
     def note_rejected_model(self) -> None:
         self.rejected_models += 1
+
+    def count(self, name: str, n: int = 1) -> None:
+        """A figure of summary.json an algorithm adds to (:data:`~fedsim.algorithms.context.COUNTERS`)."""
+        if name not in COUNTERS:
+            raise SimulationError(f"unknown counter {name!r}; known: {', '.join(COUNTERS)}")
+        setattr(self, name, getattr(self, name) + n)
+
+    def reach_target(self, sim_time: float) -> None:
+        """An algorithm's own target was reached: ``time_to_target_s``, and the run stops."""
+        if self.time_to_target is None:
+            self.time_to_target = sim_time
+        self.stop("target_accuracy")
 
     def _published(self, server: ServerModel) -> None:
         now = self.env.now

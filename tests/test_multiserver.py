@@ -33,7 +33,7 @@ class GossipOnly(MultiServerAlgorithm):
 
     def run(self):
         gen = torch.Generator().manual_seed(0)
-        models = [torch.randn(self.sim.spec.numel, generator=gen) for _ in self.servers]
+        models = [torch.randn(self.ctx.model.spec.numel, generator=gen) for _ in self.servers]
         self.start_models = [m.clone() for m in models]
         self.step_ends: list[float] = []
         for s, m in enumerate(models):
@@ -55,7 +55,7 @@ def _sim(small_learning, topology: dict, steps: int = 3) -> Simulation:
         {**small_learning, "topology": topology, "clients": {"compute": {"mean_s": 1.0}}}
     )
     sim = Simulation(scenario, device="cpu")
-    sim.algorithm = GossipOnly(GossipOnlyConfig(steps=steps), sim)
+    sim.algorithm = GossipOnly(GossipOnlyConfig(steps=steps), sim.context)
     return sim
 
 

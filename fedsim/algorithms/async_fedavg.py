@@ -15,12 +15,11 @@ when nothing happened while the client trained (staleness 0).
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any, Literal
 
-import simpy
 from pydantic import PositiveFloat
 
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.fraboni import FraboniAlgorithm, Weighting, expected_job_s
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -61,20 +60,18 @@ class AsyncFedAvg(FraboniAlgorithm):
     config_class = AsyncFedAvgConfig
     config: AsyncFedAvgConfig
 
-    def __init__(self, config: AsyncFedAvgConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: AsyncFedAvgConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         n = self.pool.n_clients
         if config.correction == "identical":
             self.d = [1.0] * n
         else:
-            tau = [expected_job_s(sim.timing, i) for i in range(n)]
+            tau = [expected_job_s(ctx.timing, i) for i in range(n)]
             rate = sum(1.0 / t for t in tau)
             self.d = [rate * t * p for t, p in zip(tau, self.p, strict=True)]
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    def start(self) -> None:
         self.start_everyone()
-        return
-        yield
 
     def on_arrival(self, job: Job) -> None:
         self.apply([job], [self.d[job.client]])

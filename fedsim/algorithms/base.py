@@ -1,26 +1,26 @@
-"""What an algorithm sees of the simulation, and the base class algorithms derive from.
+"""The base class algorithms derive from: the protocol of the papers' event pseudo-code.
 
-An algorithm is a SimPy process (``run``) plus arrival callbacks, reading like the event pseudo-code
-of ``ALGORITHMS.md``: ``dispatch`` a client, react ``on_arrival``, ``publish`` a new model. How jobs
-are timed and trained, how rows are recorded and when the run stops are not its business.
+An algorithm is built as ``Algorithm(config, ctx)`` with an
+:class:`~fedsim.algorithms.context.AlgorithmContext`, and reads like ``ALGORITHMS.md``: ``start``
+(or a ``run`` process for algorithms that wait), ``dispatch`` a client, react ``on_arrival`` /
+``on_dropped``, ``staleness(job)``, ``publish`` a new model, ``record`` an outcome. How jobs are
+timed and trained, how rows are written and when the run stops are not its business.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import simpy
 import torch
 
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.clients import ClientPool, Job
 from fedsim.learning.params import all_finite
 from fedsim.robust.aggregators import CoordinateMedianConfig, aggregate, screen_updates
 from fedsim.robust.attacks import client_attack, server_attack
-
-if TYPE_CHECKING:
-    from fedsim.simulation import Simulation
 
 
 class ServerModel:
@@ -62,17 +62,17 @@ class Algorithm:
     name: ClassVar[str]
     config_class: ClassVar[type]
 
-    def __init__(self, config: Any, sim: Simulation) -> None:
+    def __init__(self, config: Any, ctx: AlgorithmContext) -> None:
         self.config = config
-        self.sim = sim
-        self.env: simpy.Environment = sim.env
-        self.pool: ClientPool = sim.pool
-        self.server: ServerModel = sim.servers[0]
-        self.learning = sim.learning
-        scenario = getattr(sim, "scenario", None)
-        self.aggregator = getattr(scenario, "aggregator", None)
-        self.max_norm = scenario.screening.max_norm if scenario is not None else None
-        byz = getattr(scenario, "byzantine", None)
+        self.ctx = ctx
+        self.env: simpy.Environment = ctx.env
+        self.pool: ClientPool = ctx.pool
+        self.server: ServerModel = ctx.servers[0]
+        self.learning = ctx.model.learning
+        scenario = ctx.scenario
+        self.aggregator = scenario.aggregator
+        self.max_norm = scenario.screening.max_norm
+        byz = scenario.byzantine
         self.attack = byz.attack if byz is not None else None
         self.client_attack = self.attack is not None and self.attack.stage == "client"
         self.server_attack = self.attack is not None and self.attack.stage == "server"
@@ -91,9 +91,15 @@ class Algorithm:
         return self.env.now
 
     def run(self) -> Generator[simpy.Event, Any, None]:
-        """The algorithm's main process (started at time 0)."""
-        raise NotImplementedError
-        yield  # pragma: no cover
+        """The algorithm's main process, started at time 0: override it for an algorithm that waits
+        (FedAvg's rounds, periodic steps). By default it calls :meth:`start` and ends, which is all
+        a callback-driven algorithm (FedAsync, FedBuff) needs."""
+        self.start()
+        return
+        yield  # a generator, so that SimPy can run it as a process
+
+    def start(self) -> None:
+        """At time 0, for algorithms driven by callbacks: dispatch the first clients."""
 
     def dispatch(self, client: int) -> Job:
         """Send the current model to ``client`` and start its local training."""
@@ -128,8 +134,8 @@ class Algorithm:
 
         Multi-task algorithms override this to evaluate each task's model on its own data.
         """
-        evaluator = self.sim.evaluator
-        return [EvalTarget(s.index, s.version, s.params, evaluator) for s in self.sim.servers]
+        evaluator = self.ctx.model.evaluator
+        return [EvalTarget(s.index, s.version, s.params, evaluator) for s in self.ctx.servers]
 
     def on_dropped(self, job: Job) -> None:
         """A job was lost; by default just record it."""
@@ -138,9 +144,10 @@ class Algorithm:
     # -- helpers shared by every algorithm -------------------------------------------------------------
     def record(self, job: Job, status: str, reason: str = "") -> None:
         """One events row for ``job``; ``reason`` says why when it is rejected or late."""
-        self.sim.record_job(job, status, reason)
+        self.ctx.trace.record_job(job, status, reason)
 
     def staleness(self, job: Job) -> int:
+        """Versions the server moved since ``job`` started (0: the job is fresh)."""
         return self.server.version - job.base_version
 
     def local_model(self, job: Job) -> torch.Tensor | None:
@@ -153,7 +160,7 @@ class Algorithm:
             return _EMPTY
         w_end = job.handle.result()
         job.handle = None
-        if self.client_attack and self.sim.byzantine_list[job.client]:
+        if self.client_attack and self.ctx.clients.byzantine[job.client]:
             w_end = job.start + self._attacked(job, w_end - job.start)
         if not all_finite(w_end):
             self.record(job, "rejected", "non_finite")
@@ -177,7 +184,7 @@ class Algorithm:
             self.record(job, "rejected", "non_finite")
             return None
         delta = w_end - job.start
-        if self.client_attack and self.sim.byzantine_list[job.client]:
+        if self.client_attack and self.ctx.clients.byzantine[job.client]:
             delta = self._attacked(job, delta)
             if not all_finite(delta):
                 self.record(job, "rejected", "non_finite")
@@ -188,7 +195,7 @@ class Algorithm:
         return delta
 
     def _attacked(self, job: Job, delta: torch.Tensor) -> torch.Tensor:
-        gen = self.sim.streams.torch_generator("attacks", job.id, device=delta.device)
+        gen = self.ctx.streams.torch_generator("attacks", job.id, device=delta.device)
         return client_attack(self.attack, delta, job.start, gen)
 
     def _within_bound(self, delta: torch.Tensor) -> bool:
@@ -216,7 +223,7 @@ class Algorithm:
         """
         rows = torch.stack(deltas)
         if self.server_attack:
-            byz = [self.sim.byzantine_list[j.client] for j in jobs]
+            byz = [self.ctx.clients.byzantine[j.client] for j in jobs]
             n_byz = sum(byz)
             if 0 < n_byz < len(jobs):
                 mask = torch.tensor(byz, device=rows.device)
@@ -230,7 +237,7 @@ class Algorithm:
         cfg = self.aggregator
         if cfg.name == "krum" and not (len(jobs) > 2 * cfg.f + 2 and cfg.m <= len(jobs) - cfg.f):
             cfg = CoordinateMedianConfig()
-            self.sim.robust_fallbacks += 1
+            self.ctx.trace.count("robust_fallbacks")
         result = aggregate(cfg, rows, weights, previous=self.last_aggregate)
         self.last_aggregate = result
         return result
@@ -249,7 +256,7 @@ class Algorithm:
         """Install a new global model (``None`` in timing-only runs: only the version moves)."""
         if params is not None and not all_finite(params):
             # Finite updates can still overflow when combined; never let that reach the model.
-            self.sim.note_rejected_model()
+            self.ctx.trace.count("rejected_models")
             return
         self.server.publish(params)
 

@@ -48,16 +48,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Generator
 from typing import Any, Literal
 
 import numpy as np
-import simpy
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from fedsim.algorithms.base import Algorithm, weighted_sum
 from fedsim.algorithms.committee import CommitteeScorer, committee_median, split_validation
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.merging import merge
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -211,10 +210,10 @@ class Brain(Algorithm):
     config_class = BrainConfig
     config: BrainConfig
 
-    def __init__(self, config: BrainConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: BrainConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         n = self.pool.n_clients
-        streams = sim.streams
+        streams = ctx.streams
         self.window: deque[float] = deque(maxlen=config.window)
         self.last_sync = [0] * n
         self.is_disruptor = np.zeros(n, dtype=bool)
@@ -226,20 +225,20 @@ class Brain(Algorithm):
         self._committee_rng = streams.generator("brain.committee")
         self._disrupt_rng = streams.generator("brain.disruptor_scores")
         self._drift_rng = streams.generator("brain.drift")
-        timing = getattr(sim, "timing", None)
+        timing = ctx.timing
         self.entry_s = config.entry_s if config.entry_s is not None else timing.down_s
         self.scorer: CommitteeScorer | None = None
         if self.learning and config.scores == "committee":
             train, val = split_validation(
-                sim.data.client_indices,
+                ctx.model.data.client_indices,
                 config.validation_fraction,
                 streams.generator("brain.validation"),
             )
-            sim.data.client_indices[:] = train  # nodes never train on their validation rows
+            ctx.model.data.client_indices[:] = train  # nodes never train on their validation rows
             self.scorer = CommitteeScorer(
-                sim.evaluator.module,
-                sim.spec,
-                sim.data,
+                ctx.model.evaluator.module,
+                ctx.model.spec,
+                ctx.model.data,
                 val,
                 config.metric,
                 config.loss_scale,
@@ -268,17 +267,15 @@ class Brain(Algorithm):
         return self.server.version - self.last_sync[client], None
 
     # -- the process ------------------------------------------------------------------------------------
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    def start(self) -> None:
         for client in self.pool.sample(self.config.concurrency):
-            self.start(client)
-        return
-        yield
+            self.launch(client)
 
     def dispatch_one(self) -> None:
         if self.pool.idle:
-            self.start(self.pool.take_idle())
+            self.launch(self.pool.take_idle())
 
-    def start(self, client: int) -> None:
+    def launch(self, client: int) -> None:
         """Start a job at ``client`` (taken from the idle list), catching up first if drifted."""
         cfg = self.config
         if cfg.drift and self._drift_rng.random() < cfg.drift / self.pool.n_clients:
@@ -323,7 +320,7 @@ class Brain(Algorithm):
     def decide(self, job: Job) -> None:
         """Staleness limit, committee score, threshold, merge: one proposal's fate."""
         cfg = self.config
-        k = self.server.version - job.base_version
+        k = self.staleness(job)
         if cfg.max_staleness is not None and k > cfg.max_staleness:
             self.record(job, "late", "staleness")
             return
@@ -381,9 +378,9 @@ class Frain(Brain):
     config_class = FrainConfig
     config: FrainConfig
 
-    def __init__(self, config: FrainConfig, sim: Any) -> None:
-        super().__init__(config, sim)
-        self.bounds = list(sim.spec.offsets) if getattr(sim, "spec", None) is not None else None
+    def __init__(self, config: FrainConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
+        self.bounds = list(ctx.model.spec.offsets)
         self.recent: deque[tuple[torch.Tensor, float]] = deque(maxlen=config.fastsync_window)
         self.qualified: deque[tuple[torch.Tensor, float]] = deque(maxlen=config.fastsync_window)
 

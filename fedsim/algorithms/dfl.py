@@ -26,6 +26,7 @@ import simpy
 import torch
 from pydantic import NonNegativeInt, PositiveInt
 
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.gossip import received_mixing
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
 from fedsim.checks import needs_topology
@@ -55,8 +56,8 @@ class DFL(MultiServerAlgorithm):
     config_class = DFLConfig
     config: DFLConfig
 
-    def __init__(self, config: DFLConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: DFLConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         self.epoch = 0
         self._reports: dict[int, list[Job]] = {}
         self._waiting = 0
@@ -89,7 +90,7 @@ class DFL(MultiServerAlgorithm):
                     self.publish_to(s, z)
             self.epoch += 1
             if cfg.epochs is not None and self.epoch >= cfg.epochs:
-                self.sim.stop("epochs")
+                self.ctx.trace.stop("epochs")
                 return
 
     def _aggregate(self, server: int) -> torch.Tensor | None:
@@ -111,7 +112,7 @@ class DFL(MultiServerAlgorithm):
         if self.config.weighting == "uniform":
             q = torch.full((len(kept),), 1.0 / len(kept), dtype=torch.float64)
         else:
-            sizes = torch.tensor([float(self.sim.client_sizes[j.client]) for j in kept])
+            sizes = torch.tensor([float(self.ctx.clients.sizes[j.client]) for j in kept])
             q = (sizes / sizes.sum()).double()
         for job in kept:
             self.record(job, "applied")

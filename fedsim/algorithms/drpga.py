@@ -37,6 +37,7 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
@@ -172,13 +173,13 @@ class Drpga(Algorithm):
     config_class = DrpgaConfig
     config: DrpgaConfig
 
-    def __init__(self, config: DrpgaConfig, sim: Any) -> None:
-        super().__init__(config, sim)
-        if getattr(sim, "topology", None) is not None:
+    def __init__(self, config: DrpgaConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
+        if ctx.topology is not None:
             raise ScenarioError(
                 "drpga runs with one server; remove the topology section", path="topology"
             )
-        scenario = sim.scenario
+        scenario = ctx.scenario
         if scenario.clients.dropout.prob > 0:
             raise ScenarioError(
                 "drpga averages every client every round; set clients.dropout.prob to 0",
@@ -187,7 +188,7 @@ class Drpga(Algorithm):
         self.network = scenario.clients.network
         # Communication is simulated by this algorithm (it overlaps computation): jobs are compute
         # only (network=False), and job rows carry their real partial bytes.
-        spec = sim.spec
+        spec = ctx.model.spec
         self.numel = spec.numel
         self.elem_bytes = spec.nbytes() // max(spec.numel, 1)
         self.blocks = (
@@ -196,7 +197,7 @@ class Drpga(Algorithm):
             else None
         )
         n = self.pool.n_clients
-        sizes = np.asarray(sim.client_sizes, dtype=float)
+        sizes = np.asarray(ctx.clients.sizes, dtype=float)
         raw = np.ones(n) if config.weighting == "uniform" else sizes
         self.q: list[float] = (raw / raw.sum()).tolist()
         self._levels = rate_walk(
@@ -204,7 +205,7 @@ class Drpga(Algorithm):
             config.start_level,
             config.q_up,
             config.q_down,
-            sim.streams.generator("drpga.rate"),
+            ctx.streams.generator("drpga.rate"),
         )
         self.rounds: dict[int, _Round] = {}
         self.rate_history: list[float] = []
@@ -226,7 +227,7 @@ class Drpga(Algorithm):
         info = self.rounds.get(t)
         if info is None:
             rate = self.rate_history[t - 1]
-            gen = self.sim.streams.torch_generator("drpga.mask", t)
+            gen = self.ctx.streams.torch_generator("drpga.mask", t)
             mask = draw_mask(rate, self.numel, gen, self.blocks)
             size = self.numel if mask is None else int(mask.numel())
             info = self.rounds[t] = _Round(rate, mask, size * self.elem_bytes)

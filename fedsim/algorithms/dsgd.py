@@ -48,6 +48,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from fedsim.algorithms.base import EvalTarget
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.gossip import RSchedule, random_r_matrix, received_mixing, received_row
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
 from fedsim.checks import needs_topology
@@ -121,8 +122,8 @@ class DSGD(MultiServerAlgorithm):
     config_class = DSGDConfig
     config: DSGDConfig
 
-    def __init__(self, config: DSGDConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: DSGDConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         if any(len(members) != 1 for members in self.clients_of):
             raise ScenarioError(
                 "dsgd peers train on their own data: every server needs exactly one client "
@@ -131,10 +132,10 @@ class DSGD(MultiServerAlgorithm):
             )
         self.round = 0
         self.merges = 0
-        training = sim.scenario.training
+        training = ctx.scenario.training
         self.steps_per_round = training.local_steps if training is not None else 1
-        self.gossip_rng = sim.streams.generator("dsgd.gossip")
-        self.merge_rng = sim.streams.generator("dsgd.merge")
+        self.gossip_rng = ctx.streams.generator("dsgd.gossip")
+        self.merge_rng = ctx.streams.generator("dsgd.merge")
         self._plans: dict[int, list[Step]] = {}
         self._planned = 0
         # sync
@@ -231,7 +232,7 @@ class DSGD(MultiServerAlgorithm):
                 self.publish_to(s, x)
             self.rounds_done = [t] * n
             self._round_completed(t)
-        self.sim.stop("rounds")
+        self.ctx.trace.stop("rounds")
 
     def _local_model(self, s: int, job: Job | None) -> tuple[bool, torch.Tensor | None]:
         """(accepted, model): the peer's trained model, or its current one when the job was lost
@@ -296,7 +297,7 @@ class DSGD(MultiServerAlgorithm):
                 del self._completed[t]
                 self._round_completed(t)
                 if t == self.config.rounds:
-                    self.sim.stop("rounds")
+                    self.ctx.trace.stop("rounds")
 
     def _request_job(self, s: int) -> simpy.Event:
         """Start peer ``s``'s next job at the end of this instant: jobs asked for at the same time
@@ -443,7 +444,7 @@ class DSGD(MultiServerAlgorithm):
         targets = super().eval_targets()
         if self.config.eval_merged and self.learning:
             merged = self.merged_model()
-            targets.append(EvalTarget(-1, self.round, merged, self.sim.evaluator))
+            targets.append(EvalTarget(-1, self.round, merged, self.ctx.model.evaluator))
         return targets
 
 

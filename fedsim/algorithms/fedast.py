@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Generator
 from typing import Any, ClassVar, Literal
 
-import simpy
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.multitask import (
     MultiTaskAlgorithm,
     TaskConfig,
@@ -118,8 +117,8 @@ class FedAst(MultiTaskAlgorithm):
     config_class = FedAstConfig
     config: FedAstConfig
 
-    def __init__(self, config: FedAstConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: FedAstConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         if config.concurrency > self.pool.n_clients:
             raise ScenarioError(
                 f"{config.concurrency} requests in flight need that many clients; clients.count is "
@@ -151,11 +150,9 @@ class FedAst(MultiTaskAlgorithm):
         return max(1, math.ceil(active / cfg.buffer_ratio))
 
     # -- the process -------------------------------------------------------------------------------
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    def start(self) -> None:
         for task in self.tasks:
             self._replenish(task, None)
-        return
-        yield
 
     def _replenish(self, task: TaskState, cap: int | None) -> None:
         """Ask for new requests of ``task`` up to ``R_m``, within the budget (and ``cap``)."""

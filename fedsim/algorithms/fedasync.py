@@ -9,14 +9,13 @@ with its staleness ``k = version_now − version_started``:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Generator
-from typing import Any, Literal
+from typing import Literal
 
-import simpy
 import torch
 from pydantic import Field, PositiveInt
 
 from fedsim.algorithms.base import Algorithm
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -43,9 +42,9 @@ class FedAsync(Algorithm):
     config_class = FedAsyncConfig
     config: FedAsyncConfig
 
-    def __init__(self, config: FedAsyncConfig, sim: Any) -> None:
-        super().__init__(config, sim)
-        byz = getattr(getattr(sim, "scenario", None), "byzantine", None)
+    def __init__(self, config: FedAsyncConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
+        byz = ctx.scenario.byzantine
         size = byz.window if byz is not None else 10
         self.window: deque[tuple[Job, torch.Tensor]] = deque(maxlen=size)
         self.honest_window: deque[torch.Tensor] = deque(maxlen=size)
@@ -53,14 +52,12 @@ class FedAsync(Algorithm):
         needs_start = self.robust or self.max_norm is not None or self.attack is not None
         self.pool.keep_start = needs_start
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    def start(self) -> None:
         self.dispatch_idle(self.config.concurrency)
-        return
-        yield
 
     def on_arrival(self, job: Job) -> None:
         cfg = self.config
-        k = self.server.version - job.base_version
+        k = self.staleness(job)
         if cfg.max_staleness is not None and k > cfg.max_staleness:
             self.record(job, "late", "staleness")
         else:
@@ -89,7 +86,7 @@ class FedAsync(Algorithm):
         delta = self.delta(job)
         if delta is None:
             return
-        byz = self.sim.byzantine_list[job.client]
+        byz = self.ctx.clients.byzantine[job.client]
         if self.server_attack and byz:
             if not self.honest_window:
                 self.record(

@@ -19,6 +19,7 @@ import simpy
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.clients import Job
 from fedsim.config_base import Period, Section
 from fedsim.errors import ScenarioError
@@ -56,8 +57,8 @@ class FedAvg(Algorithm):
     config_class = FedAvgConfig
     config: FedAvgConfig
 
-    def __init__(self, config: FedAvgConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: FedAvgConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         self.round = 0
         self.reports: list[Job] = []
         self.finished = 0
@@ -136,7 +137,7 @@ class FedAvg(Algorithm):
         if cfg.weighting == "uniform":
             raw = [1.0] * len(kept)
         else:
-            raw = [float(self.sim.client_sizes[job.client]) for job in kept]
+            raw = [float(self.ctx.clients.sizes[job.client]) for job in kept]
         if self.robust:
             average = self.combine(kept, deltas, raw)
         else:

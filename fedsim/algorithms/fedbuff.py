@@ -12,13 +12,12 @@ Arrivals are added to a buffer with staleness weight ``s(k)`` (default ``1/sqrt(
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any, ClassVar, Literal
 
-import simpy
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -59,14 +58,12 @@ class FedBuff(Algorithm):
     config_class = FedBuffConfig
     config: FedBuffConfig
 
-    def __init__(self, config: FedBuffConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: FedBuffConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         self.buffer: list[tuple[Job, Any, float]] = []
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    def start(self) -> None:
         self.dispatch_idle(self.config.concurrency)
-        return
-        yield
 
     def _refill(self) -> None:
         self.dispatch_idle(self.config.concurrency - self.pool.in_flight)
@@ -75,7 +72,7 @@ class FedBuff(Algorithm):
         cfg = self.config
         delta = self.delta(job)
         if delta is not None:
-            weight = cfg.staleness.weight(self.server.version - job.base_version)
+            weight = cfg.staleness.weight(self.staleness(job))
             self.buffer.append((job, delta, weight))
             self.record(job, "buffered")
         if cfg.dispatch_policy == "immediate":

@@ -18,12 +18,11 @@ Compared with Nguyen et al.'s FedBuff (``fedbuff``) this is FedBuff with every c
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any, Literal
 
-import simpy
 from pydantic import PositiveFloat, PositiveInt
 
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.fraboni import FraboniAlgorithm, Weighting
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -58,16 +57,14 @@ class FedBuffC(FraboniAlgorithm):
     config_class = FedBuffCConfig
     config: FedBuffCConfig
 
-    def __init__(self, config: FedBuffCConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: FedBuffCConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         self.buffer: list[Job] = []
         self.aggregations = 0
         self.joined = [0] * self.pool.n_clients
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    def start(self) -> None:
         self.start_everyone()
-        return
-        yield
 
     def on_arrival(self, job: Job) -> None:
         self.buffer.append(job)

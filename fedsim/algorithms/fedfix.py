@@ -20,6 +20,7 @@ from typing import Any, Literal
 import simpy
 from pydantic import PositiveFloat
 
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.fraboni import FraboniAlgorithm, Weighting
 from fedsim.clients import Job
 from fedsim.config_base import Period, Section
@@ -49,8 +50,8 @@ class FedFix(FraboniAlgorithm):
     config_class = FedFixConfig
     config: FedFixConfig
 
-    def __init__(self, config: FedFixConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: FedFixConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         self.tick = 0
         self.returned: list[Job] = []
 

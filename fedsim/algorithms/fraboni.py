@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.clients import Job
 
 if TYPE_CHECKING:
@@ -44,9 +45,9 @@ def expected_job_s(timing: ClientTiming, client: int) -> float:
 class FraboniAlgorithm(Algorithm):
     """Base of the three schemes: every client busy, contributions applied as ``Σ d_i Δ_i``."""
 
-    def __init__(self, config: Any, sim: Any) -> None:
-        super().__init__(config, sim)
-        self.p = importance(sim.client_sizes, config.weighting)
+    def __init__(self, config: Any, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
+        self.p = importance(ctx.clients.sizes, config.weighting)
 
     def start_everyone(self) -> list[Job]:
         """Full participation: every client starts from the initial model at time 0."""

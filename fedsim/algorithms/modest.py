@@ -38,6 +38,7 @@ import simpy
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fedsim.algorithms.base import EvalTarget, weighted_sum
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
 from fedsim.checks import needs_topology
 from fedsim.clients import Job
@@ -207,15 +208,15 @@ class Modest(MultiServerAlgorithm):
     config_class = ModestConfig
     config: ModestConfig
 
-    def __init__(self, config: ModestConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: ModestConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         if any(len(c) != 1 for c in self.clients_of):
             raise ScenarioError(
                 "modest peers train on their own data: every server needs exactly one client "
                 "(clients_per_server: 1)",
                 path="topology.clients_per_server",
             )
-        network = sim.scenario.clients.network
+        network = ctx.scenario.clients.network
         if network.latency_s > 0 or network.bandwidth_mbps is not None:
             raise ScenarioError(
                 "modest peers talk over topology.link; leave clients.network at its default",
@@ -228,7 +229,7 @@ class Modest(MultiServerAlgorithm):
         self.left: set[int] = set()  # peers that left the view (inactive)
         crash = config.crash
         n_crash = round(crash.fraction * self.n)
-        chosen = sim.streams.generator("modest.crash").choice(self.n, n_crash, replace=False)
+        chosen = ctx.streams.generator("modest.crash").choice(self.n, n_crash, replace=False)
         self.crashed = frozenset(int(p) for p in chosen)
         self._node_failures = [f for f in self.topology.config.failures if f.node is not None]
         self.rtt = 2 * self.topology.link_delay_s(0)
@@ -428,7 +429,7 @@ class Modest(MultiServerAlgorithm):
             if self.config.weighting == "uniform":
                 raw = [1.0] * len(jobs)
             else:
-                raw = [float(self.sim.client_sizes[j.client]) for j in jobs]
+                raw = [float(self.ctx.clients.sizes[j.client]) for j in jobs]
             total = sum(raw)
             average = weighted_sum(models, [r / total for r in raw])
         for job in jobs:
@@ -448,7 +449,7 @@ class Modest(MultiServerAlgorithm):
     def eval_targets(self) -> list[EvalTarget]:
         """The latest aggregate, as the model of the aggregator that made it."""
         k, agg, params = self.latest
-        return [EvalTarget(agg, k, params, self.sim.evaluator)]
+        return [EvalTarget(agg, k, params, self.ctx.model.evaluator)]
 
     def finish(self) -> None:
         """Trained models no aggregator used by the stop, and jobs still training."""

@@ -1,9 +1,9 @@
 """What multi-server and decentralized algorithms share: servers with their own clients, and
 messages between servers over the topology's links.
 
-A :class:`MultiServerAlgorithm` sees ``sim.servers`` (one :class:`ServerModel` per node of the
-``topology:`` graph, all starting from the same initial model), ``sim.topology`` (graph, mixing matrix
-``W``, failures, link delays) and ``sim.client_server`` (the server of each client). Messages are
+A :class:`MultiServerAlgorithm` sees ``ctx.servers`` (one :class:`ServerModel` per node of the
+``topology:`` graph, all starting from the same initial model), ``ctx.topology`` (graph, mixing matrix
+``W``, failures, link delays) and ``ctx.clients.server`` (the server of each client). Messages are
 SimPy timeouts of ``latency + bytes / bandwidth`` simulated seconds; each delivery is one events row
 with status ``message`` (sender in ``server``, ``receiver``, ``bytes_up`` = bytes), so traffic per
 link kind and consensus in simulated time come out of the same trace as client jobs.
@@ -23,6 +23,7 @@ import simpy
 import torch
 
 from fedsim.algorithms.base import Algorithm
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.clients import Job
 from fedsim.errors import ScenarioError
 from fedsim.learning.params import all_finite
@@ -32,18 +33,18 @@ from fedsim.topology import Topology
 class MultiServerAlgorithm(Algorithm):
     """Base for algorithms with several servers (or peers) linked by ``topology:``."""
 
-    def __init__(self, config: Any, sim: Any) -> None:
-        super().__init__(config, sim)
-        topology = getattr(sim, "topology", None)
+    def __init__(self, config: Any, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
+        topology = ctx.topology
         if topology is None:
             raise ScenarioError(
                 f"algorithm {self.name} needs a topology: section (servers, graph, mixing)",
                 path="topology",
             )
         self.topology: Topology = topology
-        self.servers = sim.servers
+        self.servers = ctx.servers
         self.clients_of: tuple[tuple[int, ...], ...] = topology.assignment
-        self.model_bytes = sim.spec.nbytes()
+        self.model_bytes = ctx.model.spec.nbytes()
 
     # -- clients -----------------------------------------------------------------------------------------
     def dispatch_to(
@@ -62,7 +63,7 @@ class MultiServerAlgorithm(Algorithm):
         training on itself: no transfer time, no client bytes; its models travel as messages).
         """
         if server is None:
-            server = int(self.sim.client_server[client])
+            server = int(self.ctx.clients.server[client])
         if version is None:
             version = self.servers[server].version
         self.pool.take(client)
@@ -128,7 +129,7 @@ class MultiServerAlgorithm(Algorithm):
         event = self.env.timeout(self.topology.link_delay_s(nbytes), value=payload)
 
         def delivered(_event: simpy.Event) -> None:
-            self.sim.record_message(sender, receiver, nbytes, sent_at)
+            self.ctx.trace.record_message(sender, receiver, nbytes, sent_at)
             if on_delivery is not None:
                 on_delivery(payload)
 
@@ -166,6 +167,6 @@ class MultiServerAlgorithm(Algorithm):
     def publish_to(self, server: int, params: torch.Tensor | None) -> None:
         """Install a new model at ``server`` (non-finite models are refused, as in :meth:`publish`)."""
         if params is not None and not all_finite(params):
-            self.sim.note_rejected_model()
+            self.ctx.trace.count("rejected_models")
             return
         self.servers[server].publish(params)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field, PositiveFloat, model_validator
 
 from fedsim.algorithms.base import Algorithm, EvalTarget, ServerModel, weighted_sum
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
@@ -31,9 +32,6 @@ from fedsim.learning.data import DataConfig, FederatedData, dataset_info, load_f
 from fedsim.learning.models import Model, build_model, init_params
 from fedsim.learning.trainer import Evaluator, LocalTask, TrainingConfig
 from fedsim.rng import SeedStreams
-
-if TYPE_CHECKING:
-    from fedsim.simulation import Simulation
 
 
 class TaskConfig(Section):
@@ -142,9 +140,11 @@ class TaskState:
         return ok
 
 
-def build_tasks(configs: list[TaskConfig], sim: Simulation, server_lr: float) -> list[TaskState]:
+def build_tasks(
+    configs: list[TaskConfig], ctx: AlgorithmContext, server_lr: float
+) -> list[TaskState]:
     """Data, model, trainer, evaluator and server model of every task (see the module docstring)."""
-    scenario = sim.scenario
+    scenario = ctx.scenario
     if scenario.training is None and any(t.training is None for t in configs):
         raise ScenarioError(
             "multi-task algorithms train real models: set training (or every task's training)",
@@ -165,22 +165,22 @@ def build_tasks(configs: list[TaskConfig], sim: Simulation, server_lr: float) ->
             )
         reuse = (
             i == 0
-            and sim.learning
+            and ctx.model.learning
             and data_cfg == scenario.data
             and model_cfg == scenario.model
             and training == scenario.training
         )
         if reuse:  # the simulation already built exactly this task (same streams too)
-            data, trainer, evaluator = sim.data, sim.trainer, sim.evaluator
-            spec, params = sim.spec, sim.servers[0].params
+            data, trainer, evaluator = ctx.model.data, ctx.model.trainer, ctx.model.evaluator
+            spec, params = ctx.model.spec, ctx.servers[0].params
         else:
-            streams = sim.streams if i == 0 else PrefixedStreams(scenario.seed, f"task{i}/")
+            streams = ctx.streams if i == 0 else PrefixedStreams(scenario.seed, f"task{i}/")
             try:
                 module, spec = build_model(model_cfg, info)
             except ScenarioError as exc:
                 raise ScenarioError(exc.message, path=f"{path}.model") from None
             try:
-                data = load_federated(data_cfg, scenario.clients.count, streams, sim.device)
+                data = load_federated(data_cfg, scenario.clients.count, streams, ctx.model.device)
             except ScenarioError as exc:
                 where = exc.path or "data"
                 if where.startswith("data"):
@@ -189,7 +189,7 @@ def build_tasks(configs: list[TaskConfig], sim: Simulation, server_lr: float) ->
             local = LocalTask(module, spec, data, training)
             trainer = make_trainer(local, training.backend, max_batch=training.max_batch)
             evaluator = Evaluator(module, spec, data)
-            params = init_params(spec, streams.torch_generator("model.init")).to(sim.device)
+            params = init_params(spec, streams.torch_generator("model.init")).to(ctx.model.device)
         mask = torch.zeros(spec.numel, dtype=torch.bool)
         for name, shape, off in zip(spec.names, spec.shapes, spec.offsets, strict=True):
             if not name.endswith("bias"):
@@ -214,7 +214,7 @@ def build_tasks(configs: list[TaskConfig], sim: Simulation, server_lr: float) ->
                 training=training,
                 server_lr=cfg.server_lr if cfg.server_lr is not None else server_lr,
                 local_steps=steps,
-                weight_mask=mask.to(sim.device),
+                weight_mask=mask.to(ctx.model.device),
                 model_bytes=spec.nbytes(),
             )
         )
@@ -224,14 +224,14 @@ def build_tasks(configs: list[TaskConfig], sim: Simulation, server_lr: float) ->
 class MultiTaskAlgorithm(Algorithm):
     """Base of FedAST and Sync-ST: per-task models, dispatch, target checks, evaluation, summary.
 
-    ``sim.servers[0]`` (the scenario's own model) is left untouched; each task has its own
+    ``ctx.servers[0]`` (the scenario's own model) is left untouched; each task has its own
     :class:`ServerModel` whose version is the task's round counter ``r_m``. Jobs carry their task
     in ``job.task`` (the ``task`` column of events) and ``server`` 0.
     """
 
-    def __init__(self, config: Any, sim: Simulation) -> None:
-        super().__init__(config, sim)
-        self.tasks = build_tasks(list(config.tasks), sim, config.server_lr)
+    def __init__(self, config: Any, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
+        self.tasks = build_tasks(list(config.tasks), ctx, config.server_lr)
         self.test_every = config.test_every
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class MultiTaskAlgorithm(Algorithm):
         average = weighted_sum(deltas, [1.0 / len(deltas)] * len(deltas))
         params = task.server.params + task.server_lr * average
         if not bool(torch.isfinite(params).all()):
-            self.sim.note_rejected_model()
+            self.ctx.trace.count("rejected_models")
             return
         task.server.publish(params)
         if check and task.server.version % self.test_every == 0:
@@ -304,8 +304,7 @@ class MultiTaskAlgorithm(Algorithm):
         task.finished_at = self.now
         self.on_task_finished(task)
         if all(t.finished for t in self.tasks):
-            self.sim.time_to_target = self.now
-            self.sim.stop("target_accuracy")
+            self.ctx.trace.reach_target(self.now)
 
     def on_task_finished(self, task: TaskState) -> None:
         """Hook: a task just reached its target."""

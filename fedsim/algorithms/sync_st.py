@@ -16,6 +16,7 @@ from typing import Any, Literal
 import simpy
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
+from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.multitask import (
     MultiTaskAlgorithm,
     TaskConfig,
@@ -73,8 +74,8 @@ class SyncSt(MultiTaskAlgorithm):
     config_class = SyncStConfig
     config: SyncStConfig
 
-    def __init__(self, config: SyncStConfig, sim: Any) -> None:
-        super().__init__(config, sim)
+    def __init__(self, config: SyncStConfig, ctx: AlgorithmContext) -> None:
+        super().__init__(config, ctx)
         if config.clients_per_round > self.pool.n_clients:
             raise ScenarioError(
                 f"{config.clients_per_round} clients per round but clients.count is "
