@@ -543,6 +543,9 @@ def probe_vmap(trainer: BatchedTrainer) -> str | None:
         flat = torch.zeros(task.spec.numel)
     flat = flat.to(device)
     try:
+        w = torch.stack([flat, flat.flip(0) * 0.5])
+        xs, ys = torch.stack([x, x.flip(0)]), torch.stack([y, y.flip(0)])
+        vmapped = trainer._vgrad(w, xs, ys)  # first: an operation vmap cannot take raises here
         with torch.no_grad():
             both = functional_call(task.module, task.spec.views(flat), (x,))
             each = torch.cat(
@@ -556,10 +559,8 @@ def probe_vmap(trainer: BatchedTrainer) -> str | None:
                 "the output of a sample depends on the other samples of its mini-batch, which "
                 "padded stacks would change"
             )
-        w = torch.stack([flat, flat.flip(0) * 0.5])
-        xs, ys = torch.stack([x, x.flip(0)]), torch.stack([y, y.flip(0)])
         loop = torch.stack([trainer._sequential._grad(w[i], xs[i], ys[i]) for i in (0, 1)])
-        if not _close(trainer._vgrad(w, xs, ys), loop):
+        if not _close(vmapped, loop):
             return "vmap's gradients differ from the per-client loop's"
         weight = torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=flat.dtype, device=device)
         short = trainer._sequential._grad(w[1], xs[1, :1], ys[1, :1])

@@ -541,7 +541,8 @@ def _build_user(
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             return ParamSpec.flat_state(_make(obj, args, seed))
     else:
-        raise fail(f"is a {type(obj).__name__}, not a torch.nn.Module class or factory")
+        shown = repr(obj) if len(repr(obj)) <= 40 else f"{repr(obj)[:37]}..."
+        raise fail(f"is {type(obj).__name__} {shown}, not a torch.nn.Module class or factory")
     if next(iter(built.parameters()), None) is None:
         raise fail("the module has no parameters, so there is nothing to train")
     for tensor in (*built.parameters(), *built.buffers()):
