@@ -164,9 +164,9 @@ class ImportModelConfig(Section):
 
     kind: Literal["import"] = "import"
     """Selects this variant."""
-    target: str
-    """The class or factory: module.path:name (importable) or path/to/file.py:name (relative to
-    the working directory)."""
+    target: str | None = None
+    """The class or factory: module.path:name (importable) or path/to/file.py:name (a relative
+    file is relative to the scenario file's folder)."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the class or factory."""
 
@@ -468,6 +468,12 @@ def _source(config: ImportModelConfig | MemoryModelConfig, module: ModelSource |
     """``(object, key, name)``: the class, factory or instance a user model is built from, the
     scenario key it came from, and how errors name it."""
     if module is None and config.kind == "import":
+        if config.target is None:  # not a schema rule: the reference builds every default
+            raise ScenarioError(
+                "model kind import builds your module: set model.target to module.path:name or "
+                "path/to/file.py:name",
+                path="model.target",
+            )
         obj = resolve_target(config.target, key="model.target", base_dir=base_dir)
         return obj, "model.target", repr(config.target)
     obj = module if module is not None else in_memory_model()
