@@ -371,9 +371,11 @@ def _check_manifest(path: Path) -> None:
 
 @cli.command()
 def schema() -> None:
-    """Print the JSON Schema of scenario files."""
+    """Print the JSON Schema of scenario files (installed plugins' algorithms included)."""
+    from fedsim.plugins import load_entry_points
     from fedsim.scenario import Scenario
 
+    load_entry_points()
     click.echo(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
 
 

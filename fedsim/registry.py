@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typing
 
-from fedsim.algorithms import ALGORITHMS
+from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.learning.data import DATASETS
 from fedsim.learning.models import MODELS
 from fedsim.learning.partition import Partition
 from fedsim.robust.aggregators import AGGREGATORS
 from fedsim.robust.attacks import ATTACKS
 from fedsim.timing import DELAY_LAWS, Heterogeneity
+from fedsim.topology import GraphConfig, MixingConfig
 
 
 def _tags(annotated: object, key: str) -> list[str]:
@@ -19,8 +20,16 @@ def _tags(annotated: object, key: str) -> list[str]:
 
 
 def catalogue() -> dict[str, list[str]]:
+    """Every name a scenario may use, by kind; a plugin's name says where it comes from."""
+    from fedsim.plugins import catalogue_sources, load_entry_points
+
+    load_entry_points()
+    algorithms = [
+        name if source == "fedsim" else f"{name} ({source})"
+        for name, source in catalogue_sources().items()
+    ]
     return {
-        "algorithms": list(ALGORITHMS),
+        "algorithms": algorithms,
         "datasets": list(DATASETS),
         "models": list(MODELS),
         "partitions": _tags(Partition, "kind"),
@@ -28,4 +37,9 @@ def catalogue() -> dict[str, list[str]]:
         "heterogeneity": _tags(Heterogeneity, "dist"),
         "aggregators": list(AGGREGATORS),
         "attacks": list(ATTACKS),
+        "graphs": _tags(GraphConfig, "kind"),
+        "mixing rules": _tags(MixingConfig, "kind"),
+        "staleness functions": list(
+            typing.get_args(StalenessConfig.model_fields["kind"].annotation)
+        ),
     }

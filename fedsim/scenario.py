@@ -332,7 +332,7 @@ PATH_KEYS = ("data.path", "data.cache_dir", "topology.graph.path", "topology.mix
 against the scenario file's folder for a value in the file, against the working directory for a
 value in a mapping or an override (:func:`resolve_paths`). ``output.dir`` is not one of them: a run
 directory goes where the command runs."""
-TARGET_KEYS = ("data.target", "model.target")
+TARGET_KEYS = ("data.target", "model.target", "algorithm.name")
 """Keys naming a target; the file of a ``path/to/file.py:name`` target is resolved like
 :data:`PATH_KEYS` (a ``module.path:name`` target is left as it is)."""
 
@@ -526,6 +526,13 @@ def load_scenario(
             _check_override_path(path, data)
     data = resolve_paths(data, Path.cwd() if base_dir is None else Path(base_dir))
     where = Source(file, lines, given)
+    from fedsim.plugins import ensure_algorithm
+
+    try:
+        ensure_algorithm(data)  # plugins, and an algorithm named by its target
+    except ScenarioError as exc:
+        problems = [where.relocate(p) for p in exc.problems]
+        raise ScenarioError.of(problems, value=exc.value) from None
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:

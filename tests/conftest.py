@@ -39,3 +39,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def restore_algorithm_registry():
+    """A test that reads a scenario naming a plugin algorithm registers it (and widens the
+    scenario's union); later tests see the registry as it was (schema and reference tests)."""
+    from fedsim import plugins
+
+    before = set(plugins.catalogue_sources())
+    yield
+    for name in set(plugins.catalogue_sources()) - before:
+        plugins.unregister_algorithm(name)

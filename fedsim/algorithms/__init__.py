@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from fedsim.algorithms.async_fedavg import AsyncFedAvg, AsyncFedAvgConfig
+import typing
+
+from fedsim.algorithms.async_fedavg import AsyncFedAvg
 from fedsim.algorithms.base import Algorithm
-from fedsim.algorithms.brain import Brain, BrainConfig, Frain, FrainConfig
-from fedsim.algorithms.dfl import DFL, DFLConfig
-from fedsim.algorithms.drpga import Drpga, DrpgaConfig
-from fedsim.algorithms.dsgd import DSGD, DSGDConfig
-from fedsim.algorithms.fedast import FedAst, FedAstConfig
-from fedsim.algorithms.fedasync import FedAsync, FedAsyncConfig
-from fedsim.algorithms.fedavg import FedAvg, FedAvgConfig
-from fedsim.algorithms.fedbuff import FedBuff, FedBuffConfig
-from fedsim.algorithms.fedbuff_c import FedBuffC, FedBuffCConfig
-from fedsim.algorithms.fedfix import FedFix, FedFixConfig
-from fedsim.algorithms.modest import Modest, ModestConfig
-from fedsim.algorithms.sync_st import SyncSt, SyncStConfig
+from fedsim.algorithms.brain import Brain, Frain
+from fedsim.algorithms.dfl import DFL
+from fedsim.algorithms.drpga import Drpga
+from fedsim.algorithms.dsgd import DSGD
+from fedsim.algorithms.fedast import FedAst
+from fedsim.algorithms.fedasync import FedAsync
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim.algorithms.fedbuff import FedBuff
+from fedsim.algorithms.fedbuff_c import FedBuffC
+from fedsim.algorithms.fedfix import FedFix
+from fedsim.algorithms.modest import Modest
+from fedsim.algorithms.sync_st import SyncSt
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls
@@ -30,21 +32,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 """name → algorithm class; each class names its config model."""
 
-AlgorithmConfig = (
-    FedAvgConfig
-    | FedAsyncConfig
-    | FedBuffConfig
-    | FedFixConfig
-    | AsyncFedAvgConfig
-    | FedBuffCConfig
-    | DrpgaConfig
-    | ModestConfig
-    | DFLConfig
-    | DSGDConfig
-    | BrainConfig
-    | FrainConfig
-    | FedAstConfig
-    | SyncStConfig
-)
+AlgorithmConfig = typing.Union[tuple(cls.config_class for cls in ALGORITHMS.values())]  # noqa: UP007
+"""The scenario's ``algorithm`` section: every registered algorithm's config, tagged by ``name``
+(derived from :data:`ALGORITHMS`; :mod:`fedsim.plugins` adds plugins to both)."""
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig"]
