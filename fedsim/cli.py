@@ -185,12 +185,15 @@ def _print_summary(summary: dict) -> None:
 @_set_option
 def validate(scenario_file: Path, overrides: tuple[str, ...]) -> None:
     """Check SCENARIO_FILE without running it: everything a run checks before it trains."""
-    from fedsim.checks import check_runnable
+    from fedsim.checks import check_runnable, check_training_path
     from fedsim.scenario import load_scenario
 
     scenario = load_scenario(scenario_file, overrides)
     check_runnable(scenario)
     click.echo(f"ok: {scenario.name} ({scenario.algorithm.name}, hash {scenario.hash()})")
+    path = check_training_path(scenario)
+    if path is not None:
+        click.echo(f"trainer: {path.backend}, {path.path} ({path.reason})")
 
 
 PLOT_KINDS = (

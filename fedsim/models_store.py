@@ -28,8 +28,9 @@ def model_file(server: int, task: int = 0, evaluation: int | None = None) -> str
 
 
 def state_dict(spec: ParamSpec, params: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Named CPU copies of a flat parameter vector (what ``load_state_dict`` takes)."""
-    return {name: view.detach().cpu().clone() for name, view in spec.views(params).items()}
+    """Named CPU copies of a flat model vector (what ``load_state_dict`` takes; buffers included,
+    integer buffers in their own type)."""
+    return {name: t.cpu() for name, t in spec.state_dict(params).items()}
 
 
 class ModelStore:

@@ -34,7 +34,7 @@ from fedsim.errors import ScenarioError, SimulationError
 from fedsim.interrupts import stop_on_signals
 from fedsim.learning.batched import make_trainer
 from fedsim.learning.data import dataset_info, load_federated
-from fedsim.learning.models import build_model, init_params
+from fedsim.learning.models import ModelSource, build_model, init_params, using_model
 from fedsim.learning.trainer import Evaluator, LocalTask
 from fedsim.learning.user_data import Dataset, using_data
 from fedsim.models_store import ModelStore, model_file
@@ -484,6 +484,7 @@ class Simulation:
             "topology": self.topology.summary() if self.topology is not None else None,
             "model_params": self.spec.numel,
             "device": str(self.device),
+            "trainer": self.trainer.training_path.to_summary() if self.trainer else None,
             "threads": (
                 self.threads.to_summary()
                 if self.threads is not None
@@ -685,6 +686,7 @@ def run(
     resume: str | Path | None = None,
     threads: int | None = None,
     data: Dataset | Mapping[str, Any] | None = None,
+    model: ModelSource | None = None,
     callbacks: Iterable[Any] = (),
     **keyword_overrides: Any,
 ) -> Result:
@@ -716,13 +718,15 @@ def run(
             raise ScenarioError("fedsim.run needs a scenario (a path, a mapping or a Scenario)")
         if data is not None:
             keyword_overrides = {**keyword_overrides, "data__dataset": "memory"}
+        if model is not None:
+            keyword_overrides = {**keyword_overrides, "model": {"kind": "memory"}}
         resolved = _resolve(scenario, overrides, keyword_overrides)
         run_dir = (Path(out) if out is not None else resolved.run_dir) if save else None
         if out is not None and not str(out).strip():
             raise ScenarioError("out: an empty path; name the run directory")
     if run_dir is not None:
         rundir.check(run_dir, overwrite=overwrite, resume=resume is not None)
-    with using_data(data):
+    with using_data(data), using_model(model):
         build = {"device": device, "progress": progress, "callbacks": list(callbacks)}
         try:
             return _run_resolved(resolved, run_dir, build, threads, overwrite, resume)
@@ -798,6 +802,11 @@ def _resumable_scenario(run_dir: Path, given: ScenarioSource | None) -> Scenario
             "a resumed run would not match; start it again with --overwrite"
         )
     saved = load_scenario(run_dir / "scenario.yaml")
+    if saved.model.kind == "memory":
+        raise ScenarioError(
+            f"{run_dir} trained a model passed to fedsim.run(model=...), which a run directory "
+            "does not keep: run it again with the same model and overwrite=True"
+        )
     if saved.data.dataset == "memory":
         raise ScenarioError(
             f"{run_dir} trained on in-memory data (fedsim.run(data=...)), which a run directory "
