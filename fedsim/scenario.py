@@ -30,6 +30,7 @@ from pydantic import (
 
 from fedsim.algorithms import AlgorithmConfig
 from fedsim.algorithms.fedasync import FedAsyncConfig
+from fedsim.algorithms.server_opt import ServerOptimizerConfig
 from fedsim.config_base import DefaultTag, Period, Section
 from fedsim.errors import Problem, ScenarioError
 from fedsim.learning.data import DataConfig
@@ -116,6 +117,28 @@ def _training_none(value: Any) -> Any:
     return value
 
 
+def _check_server_optimizer(opt: ServerOptimizerConfig, algo: Any) -> None:
+    """Only algorithms with a server step take a server optimiser (their config class says so
+    with ``takes_server_optimizer``), and its ``lr`` is not given twice."""
+    if opt.is_default:
+        return
+    if not getattr(type(algo), "takes_server_optimizer", False):
+        raise ScenarioError(
+            f"{algo.name} has no server step for a server optimiser; remove server_optimizer "
+            "(fedavg, fedbuff, fedbuff_c, fedfix, async_fedavg, fedasync, fedast, sync_st take it)",
+            path="server_optimizer",
+        )
+    if opt.lr is None:
+        return
+    tasks = getattr(algo, "tasks", None) or []
+    if "server_lr" in algo.model_fields_set or any(t.server_lr is not None for t in tasks):
+        raise ScenarioError(
+            "server_optimizer.lr and the algorithm's server_lr both set the server learning "
+            "rate; keep one",
+            path="server_optimizer.lr",
+        )
+
+
 class Scenario(Section):
     """A complete, validated simulation scenario."""
 
@@ -143,6 +166,9 @@ class Scenario(Section):
     """Federated algorithm (name + its parameters)."""
     aggregator: AggregatorField = Field(default_factory=MeanConfig)
     """How updates are combined (FedAvg rounds, FedBuff buffers, FedAsync's window): mean or a robust aggregator."""
+    server_optimizer: ServerOptimizerConfig = Field(default_factory=ServerOptimizerConfig)
+    """The server's step on the aggregated update: sgd (the default: the algorithm's server_lr),
+    momentum (FedAvgM), nesterov, adam, yogi or adagrad (FedOpt, Reddi et al. 2021)."""
     screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
     """Rejection of non-finite or absurd updates before aggregation."""
     byzantine: ByzantineConfig | None = None
@@ -240,6 +266,7 @@ class Scenario(Section):
                 path="eval.every_s",
             )
         self._check_byzantine()
+        _check_server_optimizer(self.server_optimizer, algo)
         check = getattr(algo, "check_scenario", None)
         if check is not None:  # an algorithm's own cross-section rules (so `validate` sees them)
             check(self)

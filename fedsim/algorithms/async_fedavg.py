@@ -15,7 +15,7 @@ when nothing happened while the client trained (staleness 0).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveFloat
 
@@ -28,6 +28,9 @@ from fedsim.errors import ScenarioError
 
 class AsyncFedAvgConfig(Section):
     """Asynchronous FedAvg: every return is one server step (every client always busy)."""
+
+    takes_server_optimizer: ClassVar[bool] = True
+    """Its server steps go through ``server_optimizer`` (see fedsim.algorithms.server_opt)."""
 
     def check_scenario(self, scenario: Any) -> None:
         """One update per step: no set for a robust aggregator or a server-side attack to act on."""
@@ -74,7 +77,7 @@ class AsyncFedAvg(FraboniAlgorithm):
         self.start_everyone()
 
     def on_arrival(self, job: Job) -> None:
-        self.apply([job], [self.d[job.client]])
+        self.apply_jobs([job], [self.d[job.client]])
         self.restart_idle()
 
     def on_dropped(self, job: Job) -> None:

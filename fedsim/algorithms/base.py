@@ -17,9 +17,11 @@ import simpy
 import torch
 
 from fedsim.algorithms.context import AlgorithmContext
+from fedsim.algorithms.server_opt import ServerOptimizer, ServerOptState
 from fedsim.clients import ClientPool, Job
 from fedsim.learning.params import all_finite
-from fedsim.robust.aggregators import CoordinateMedianConfig, aggregate, screen_updates
+from fedsim.robust.aggregators import CoordinateMedianConfig, screen_updates
+from fedsim.robust.aggregators import aggregate as robust_aggregate
 from fedsim.robust.attacks import client_attack, server_attack
 
 
@@ -81,6 +83,12 @@ class Algorithm:
             self.aggregator is not None and self.aggregator.name != "mean"
         )
         self.last_aggregate: torch.Tensor | None = None
+        self.server_opt = ServerOptimizer.of(
+            scenario.server_optimizer, getattr(config, "server_lr", 1.0)
+        )
+        """The last stage of the server pipeline (``server_optimizer``; :meth:`apply`)."""
+        self.opt_state: ServerOptState = self.server_opt.init()
+        """The server optimiser's state of ``self.server`` (explicit, for checkpoints)."""
         # Aggregation sets a server-side attack could not attack (no honest row to imitate), and
         # the Byzantine updates in them (they went in as trained): summary.json reports both.
         self.unattacked_sets = 0
@@ -238,9 +246,72 @@ class Algorithm:
         if cfg.name == "krum" and not (len(jobs) > 2 * cfg.f + 2 and cfg.m <= len(jobs) - cfg.f):
             cfg = CoordinateMedianConfig()
             self.ctx.trace.count("robust_fallbacks")
-        result = aggregate(cfg, rows, weights, previous=self.last_aggregate)
+        result = robust_aggregate(cfg, rows, weights, previous=self.last_aggregate)
         self.last_aggregate = result
         return result
+
+    # -- the server pipeline: aggregate(updates, weights) → apply(step) --------------------------------
+    def aggregate(
+        self,
+        updates: list[torch.Tensor],
+        weights: list[float],
+        *,
+        jobs: list[Job] | None = None,
+        total: float | None = None,
+        attacked: bool = False,
+    ) -> torch.Tensor:
+        """The aggregation stage: ``Σ_i w_i u_i / total`` (``total``: ``Σ_i w_i`` unless given)
+        by the scenario's aggregator, after server-side attacks replaced the Byzantine rows.
+
+        The one path of every algorithm. With the mean aggregator and no Byzantine clients it is
+        :func:`weighted_sum` with coefficients ``w_i / total`` in the order given (the historical
+        summation order, so traces stay byte-identical); otherwise :meth:`combine` (``jobs``
+        needed: the Byzantine rows are theirs), whose weighted *average* is rescaled by
+        ``Σ w_i / total`` so that the mean aggregator gives back the same step.
+        """
+        if not self.robust:
+            norm = sum(weights) if total is None else total
+            return weighted_sum(updates, [w / norm for w in weights])
+        if jobs is None:
+            raise ValueError("a robust aggregation needs the jobs of its updates")
+        result = self.combine(jobs, updates, weights, attacked=attacked)
+        if total is not None:
+            result = result * (sum(weights) / total)
+        return result
+
+    def server_update(
+        self,
+        params: torch.Tensor,
+        step: torch.Tensor,
+        state: ServerOptState,
+        optimizer: ServerOptimizer | None = None,
+    ) -> tuple[torch.Tensor | None, ServerOptState]:
+        """The server optimiser stage: ``(w + u, state')`` for the aggregated ``step`` by
+        ``optimizer`` (the algorithm's own by default); ``None`` (counted in ``rejected_models``,
+        ``state`` kept) if the new model is not finite."""
+        u, new_state = (optimizer or self.server_opt).update(step, state)
+        params = params + u
+        if not all_finite(params):
+            # Finite updates can still overflow when combined; never let that reach the model.
+            self.ctx.trace.count("rejected_models")
+            return None, state
+        return params, new_state
+
+    def apply(self, step: torch.Tensor) -> None:
+        """One server step: ``w ← w + u_t`` with ``u_t`` the server optimiser's step for the
+        aggregated update ``step`` (``η_g · step`` with the default ``sgd``), then publish."""
+        params, self.opt_state = self.server_update(self.server.params, step, self.opt_state)
+        if params is not None:
+            self.server.publish(params)
+
+    def mix(self, w_local: torch.Tensor, alpha: float) -> None:
+        """FedAsync's mixing as a server step: the update ``Δ = α (w_local − w)`` through the server
+        optimiser. With the default (sgd at lr 1, ``u = Δ``) it is ``torch.lerp(w, w_local, α)``,
+        computed as such (the historical bytes)."""
+        if self.server_opt.identity:
+            self.publish(torch.lerp(self.server.params, w_local, alpha))
+        else:
+            self.apply(alpha * (w_local - self.server.params))
 
     def summary_extra(self) -> dict[str, Any]:
         """Figures of this algorithm for summary.json: with a server-side attack, the aggregation

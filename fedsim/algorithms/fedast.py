@@ -42,6 +42,9 @@ from fedsim.errors import ScenarioError
 class FedAstConfig(Section):
     """Federated asynchronous simultaneous training of several tasks (FedAST)."""
 
+    takes_server_optimizer: ClassVar[bool] = True
+    """Its server steps go through ``server_optimizer`` (see fedsim.algorithms.server_opt)."""
+
     json_shorthands: ClassVar[dict[str, Any]] = {
         "dispatch_policy": {"const": "on_arrival"}
     }  # see _alias

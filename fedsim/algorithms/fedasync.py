@@ -4,12 +4,15 @@
 with its staleness ``k = version_now − version_started``:
 
     α_k = α · s(k);   w ← (1 − α_k) · w + α_k · w_local
+
+The mixing is a server step on the update ``α_k (w_local − w)``: with ``server_optimizer`` other
+than the default (sgd at lr 1, computed as ``torch.lerp``) that update goes through the optimiser.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, PositiveInt
@@ -24,6 +27,9 @@ from fedsim.robust.attacks import server_attack
 
 class FedAsyncConfig(Section):
     """Fully asynchronous FL with staleness-weighted mixing."""
+
+    takes_server_optimizer: ClassVar[bool] = True
+    """Its server steps go through ``server_optimizer`` (see fedsim.algorithms.server_opt)."""
 
     name: Literal["fedasync"] = "fedasync"
     """Selects this variant."""
@@ -68,8 +74,7 @@ class FedAsync(Algorithm):
                 if w_local is not None:
                     self.record(job, "applied")
                     if self.learning:
-                        alpha_k = cfg.alpha * cfg.staleness.weight(k)
-                        self.publish(torch.lerp(self.server.params, w_local, alpha_k))
+                        self.mix(w_local, cfg.alpha * cfg.staleness.weight(k))
                     else:
                         self.publish(None)
         self.dispatch_one()
@@ -101,12 +106,12 @@ class FedAsync(Algorithm):
         self.record(job, "applied")
         alpha_k = self.config.alpha * self.config.staleness.weight(k)
         if self.aggregator.name == "mean":  # plain FedAsync mixing of the (attacked) local model
-            self.publish(torch.lerp(self.server.params, job.start + delta, alpha_k))
+            self.mix(job.start + delta, alpha_k)
             return
         self.window.append((job, delta))
         jobs = [j for j, _ in self.window]
         step = self.combine(jobs, [d for _, d in self.window], [1.0] * len(jobs), attacked=True)
-        self.publish(self.server.params + alpha_k * step)
+        self.apply(alpha_k * step)
 
     def on_dropped(self, job: Job) -> None:
         self.record(job, "dropped")

@@ -7,18 +7,20 @@ closed are recorded as ``late``; a round with fewer than ``min_fraction·cohort_
 ``abandoned`` (model unchanged).
 
     w ← w + η_g · Σ_i q_i Δ_i,   q_i = n_i / Σ_j n_j   (or 1/m with weighting: uniform)
+
+(``η_g ·`` is the default ``server_optimizer: sgd``; ``momentum`` makes it FedAvgM, ``adam`` FedAdam.)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import simpy
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.algorithms.base import Algorithm
 from fedsim.algorithms.context import AlgorithmContext
 from fedsim.clients import Job
 from fedsim.config_base import Period, Section
@@ -27,6 +29,9 @@ from fedsim.errors import ScenarioError
 
 class FedAvgConfig(Section):
     """Synchronous federated averaging."""
+
+    takes_server_optimizer: ClassVar[bool] = True
+    """Its server steps go through ``server_optimizer`` (see fedsim.algorithms.server_opt)."""
 
     name: Literal["fedavg"] = "fedavg"
     """Selects this variant."""
@@ -138,11 +143,7 @@ class FedAvg(Algorithm):
             raw = [1.0] * len(kept)
         else:
             raw = [float(self.ctx.clients.sizes[job.client]) for job in kept]
-        if self.robust:
-            average = self.combine(kept, deltas, raw)
-        else:
-            total = sum(raw)
-            average = weighted_sum(deltas, [r / total for r in raw])
+        average = self.aggregate(deltas, raw, jobs=kept)
         for job in kept:
             self.record(job, "applied")
-        self.publish(self.server.params + cfg.server_lr * average)
+        self.apply(average)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
-from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.algorithms.base import Algorithm
 from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.clients import Job
@@ -25,6 +25,9 @@ from fedsim.config_base import Section
 
 class FedBuffConfig(Section):
     """Buffered asynchronous aggregation."""
+
+    takes_server_optimizer: ClassVar[bool] = True
+    """Its server steps go through ``server_optimizer`` (see fedsim.algorithms.server_opt)."""
 
     json_shorthands: ClassVar[dict[str, Any]] = {
         "dispatch_policy": {"const": "on_arrival"}
@@ -98,13 +101,7 @@ class FedBuff(Algorithm):
         weights = [w for _, _, w in buffer]
         if not buffer:
             return
-        if self.robust:
-            # The aggregator returns a weighted *average*; normalize: buffer_size rescales it by
-            # Σ s_i / K so the mean aggregator gives back the paper's step.
-            step = self.combine([j for j, _, _ in buffer], [d for _, d, _ in buffer], weights)
-            if cfg.normalize == "buffer_size":
-                step = step * (sum(weights) / cfg.buffer_size)
-        else:
-            norm = cfg.buffer_size if cfg.normalize == "buffer_size" else sum(weights)
-            step = weighted_sum([d for _, d, _ in buffer], [w / norm for w in weights])
-        self.publish(self.server.params + cfg.server_lr * step)
+        # normalize: buffer_size divides Σ s_i Δ_i by K (the paper); weight_sum by Σ s_i.
+        total = cfg.buffer_size if cfg.normalize == "buffer_size" else None
+        jobs = [j for j, _, _ in buffer]
+        self.apply(self.aggregate([d for _, d, _ in buffer], weights, jobs=jobs, total=total))

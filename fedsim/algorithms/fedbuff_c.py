@@ -18,7 +18,7 @@ Compared with Nguyen et al.'s FedBuff (``fedbuff``) this is FedBuff with every c
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveFloat, PositiveInt
 
@@ -31,6 +31,9 @@ from fedsim.errors import ScenarioError
 
 class FedBuffCConfig(Section):
     """Aggregate the first c returns, then restart those c clients (every client always busy)."""
+
+    takes_server_optimizer: ClassVar[bool] = True
+    """Its server steps go through ``server_optimizer`` (see fedsim.algorithms.server_opt)."""
 
     name: Literal["fedbuff_c"] = "fedbuff_c"
     """Selects this variant."""
@@ -69,7 +72,7 @@ class FedBuffC(FraboniAlgorithm):
     def on_arrival(self, job: Job) -> None:
         self.buffer.append(job)
         if len(self.buffer) >= self.config.buffer_size:
-            self.aggregate()
+            self.server_step()
             self.restart_idle()
         elif self.pool.in_flight == 0:
             self.restart_idle()  # drops left too few clients working to fill the buffer
@@ -79,7 +82,7 @@ class FedBuffC(FraboniAlgorithm):
         if self.pool.in_flight == 0:
             self.restart_idle()
 
-    def aggregate(self) -> None:
+    def server_step(self) -> None:
         jobs, self.buffer = self.buffer, []
         cfg = self.config
         self.aggregations += 1
@@ -90,7 +93,7 @@ class FedBuffC(FraboniAlgorithm):
         else:
             n = self.aggregations
             weights = [self.p[j.client] * n / self.joined[j.client] for j in jobs]
-        self.apply(jobs, weights)
+        self.apply_jobs(jobs, weights)
 
     def finish(self) -> None:
         """Updates waiting in the buffer at the stop: ``buffered``."""

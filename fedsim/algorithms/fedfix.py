@@ -15,7 +15,7 @@ publishes nothing.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import simpy
 from pydantic import PositiveFloat
@@ -32,6 +32,9 @@ returns exactly at ``nΔt`` joins aggregation ``n`` (the authors' ``return_time 
 
 class FedFixConfig(Section):
     """Fixed-period aggregation of whatever returned in the last Δt (every client always busy)."""
+
+    takes_server_optimizer: ClassVar[bool] = True
+    """Its server steps go through ``server_optimizer`` (see fedsim.algorithms.server_opt)."""
 
     name: Literal["fedfix"] = "fedfix"
     """Selects this variant."""
@@ -62,7 +65,7 @@ class FedFix(FraboniAlgorithm):
             yield self._at(self.tick + 1)
             self.tick += 1
             returned, self.returned = self.returned, []
-            self.aggregate(returned)
+            self.server_step(returned)
             for job in self.restart_idle():
                 job.tag = self.tick
 
@@ -73,13 +76,13 @@ class FedFix(FraboniAlgorithm):
         self.env.schedule(event, AFTER_ARRIVALS, n * self.config.period_s - self.now)
         return event
 
-    def aggregate(self, jobs: list[Job]) -> None:
+    def server_step(self, jobs: list[Job]) -> None:
         p = self.p
         if self.config.correction == "windows":
             weights = [(self.tick - job.tag) * p[job.client] for job in jobs]
         else:
             weights = [p[job.client] for job in jobs]
-        self.apply(jobs, weights)
+        self.apply_jobs(jobs, weights)
 
     def on_arrival(self, job: Job) -> None:
         self.returned.append(job)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from fedsim.algorithms.base import Algorithm, weighted_sum
+from fedsim.algorithms.base import Algorithm
 from fedsim.algorithms.context import AlgorithmContext
 from fedsim.clients import Job
 
@@ -60,8 +60,9 @@ class FraboniAlgorithm(Algorithm):
         stream as FedAvg's and FedBuff's refills: the limiting-case runs get the same jobs."""
         return self.dispatch_idle(len(self.pool.idle))
 
-    def apply(self, jobs: list[Job], weights: list[float]) -> None:
-        """One aggregation: ``w ← w + η_g Σ d_i Δ_i`` over ``jobs`` (arrival order), then publish.
+    def apply_jobs(self, jobs: list[Job], weights: list[float]) -> None:
+        """One aggregation: ``w ← w + η_g Σ d_i Δ_i`` over ``jobs`` (arrival order), then publish
+        (``η_g ·``: the default server optimiser, see :meth:`Algorithm.apply`).
 
         Updates that fail screening are recorded as ``rejected`` and left out; the others ``applied``.
         With a robust aggregator (or Byzantine clients) the weighted average of the aggregator is
@@ -83,10 +84,7 @@ class FraboniAlgorithm(Algorithm):
                 coeffs.append(d)
         if not kept:
             return
-        if self.robust:
-            step = self.combine(kept, deltas, coeffs) * sum(coeffs)
-        else:
-            step = weighted_sum(deltas, coeffs)
+        step = self.aggregate(deltas, coeffs, jobs=kept, total=1.0)  # Σ d_i Δ_i: no normalisation
         for job in kept:
             self.record(job, "applied")
-        self.publish(self.server.params + self.config.server_lr * step)
+        self.apply(step)

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from pydantic import Field, PositiveFloat, model_validator
 
-from fedsim.algorithms.base import Algorithm, EvalTarget, ServerModel, weighted_sum
+from fedsim.algorithms.base import Algorithm, EvalTarget, ServerModel
 from fedsim.algorithms.context import AlgorithmContext
+from fedsim.algorithms.server_opt import ServerOptimizer, ServerOptState
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
@@ -119,6 +120,10 @@ class TaskState:
     """Coordinates of non-bias tensors (the dispersion statistic skips biases, as the code does)."""
     model_bytes: int = 0
     """Bytes of the task's model (each job downloads and uploads one)."""
+    server_opt: ServerOptimizer | None = None
+    """The task's server optimiser (``server_optimizer`` with the task's ``server_lr``)."""
+    opt_state: ServerOptState = field(default_factory=ServerOptState)
+    """Its state (each task has its own)."""
     finished_at: float | None = None
     checks: int = 0
     last_accuracy: float = math.nan
@@ -202,6 +207,7 @@ def build_tasks(
             steps = float(
                 np.mean([math.ceil(training.local_epochs * n / min(b, n)) for n in sizes])
             )
+        task_lr = cfg.server_lr if cfg.server_lr is not None else server_lr
         tasks.append(
             TaskState(
                 index=i,
@@ -212,10 +218,11 @@ def build_tasks(
                 evaluator=evaluator,
                 server=ServerModel(0, params),
                 training=training,
-                server_lr=cfg.server_lr if cfg.server_lr is not None else server_lr,
+                server_lr=task_lr,
                 local_steps=steps,
                 weight_mask=mask.to(ctx.model.device),
                 model_bytes=spec.nbytes(),
+                server_opt=ServerOptimizer.of(scenario.server_optimizer, task_lr),
             )
         )
     return tasks
@@ -279,14 +286,16 @@ class MultiTaskAlgorithm(Algorithm):
     def server_step(
         self, task: TaskState, deltas: list[torch.Tensor], *, check: bool = True
     ) -> None:
-        """``w_m ← w_m + η_g · mean(Δ)`` (the order of ``deltas`` is the summation order); then,
-        every ``test_every`` versions and if ``check``, test the task against its target."""
+        """``w_m ← w_m + η_g · mean(Δ)`` (the order of ``deltas`` is the summation order; ``η_g ·``
+        is the default server optimiser, each task has its own state); then, every ``test_every``
+        versions and if ``check``, test the task against its target."""
         if not deltas:
             return
-        average = weighted_sum(deltas, [1.0 / len(deltas)] * len(deltas))
-        params = task.server.params + task.server_lr * average
-        if not bool(torch.isfinite(params).all()):
-            self.ctx.trace.count("rejected_models")
+        average = self.aggregate(deltas, [1.0] * len(deltas))
+        params, task.opt_state = self.server_update(
+            task.server.params, average, task.opt_state, task.server_opt
+        )
+        if params is None:
             return
         task.server.publish(params)
         if check and task.server.version % self.test_every == 0:

@@ -11,7 +11,7 @@ every task is finished.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import simpy
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
@@ -32,6 +32,9 @@ from fedsim.errors import ScenarioError
 
 class SyncStConfig(Section):
     """Synchronous multi-task baseline (Sync-ST): one barrier per round across all tasks."""
+
+    takes_server_optimizer: ClassVar[bool] = True
+    """Its server steps go through ``server_optimizer`` (see fedsim.algorithms.server_opt)."""
 
     name: Literal["sync_st"] = "sync_st"
     """Selects this variant."""
