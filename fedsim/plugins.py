@@ -10,6 +10,11 @@ built-ins:
   ``register(plugins)`` that calls :func:`register_algorithm`. They are loaded the first time a
   scenario is read (and by ``fedsim list`` and ``fedsim schema``).
 
+A ``register(plugins)`` function may also add aggregators and attacks by name
+(:func:`register_aggregator`, :func:`register_attack`: ``aggregator: {name: my_agg}``); a scenario
+can name any such function by target without registering it (``aggregator: {name: custom, target:
+"pkg.mod:fn"}``, see :mod:`fedsim.robust.custom`).
+
 An algorithm class derives from :class:`fedsim.algorithms.base.Algorithm`, sets ``name`` and
 ``config_class``: a :class:`fedsim.config_base.Section` whose ``name`` field is a ``Literal`` of that
 name. The scenario's ``algorithm`` section is the union of every registered config, so a plugin's
@@ -106,7 +111,7 @@ def _rebuild_scenario() -> None:
 
 def load_entry_points() -> None:
     """Register what installed packages offer in the ``fedsim.plugins`` group (once)."""
-    global _entry_points_loaded
+    global _entry_points_loaded, _loading_dist
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
@@ -124,6 +129,7 @@ def load_entry_points() -> None:
         elif callable(obj):
             import fedsim.plugins as api
 
+            _loading_dist = dist
             try:
                 obj(api)
             except ScenarioError:
@@ -132,8 +138,79 @@ def load_entry_points() -> None:
                 raise ScenarioError(
                     f"plugin {where} failed to register: {type(exc).__name__}: {exc}"
                 ) from None
+            finally:
+                _loading_dist = None
         else:
             raise ScenarioError(f"plugin {where} is neither a class nor a register function")
+
+
+def _entry_source(source: str | None) -> str:
+    """``source`` if given; else the entry point being loaded, else ``python``."""
+    if source is not None:
+        return source
+    return f"entry point {_loading_dist}" if _loading_dist is not None else "python"
+
+
+_loading_dist: str | None = None
+"""The distribution whose ``register(plugins)`` is running (names the source of what it adds)."""
+
+
+def register_aggregator(name: str, fn: Any, *, source: str | None = None) -> str:
+    """Make ``fn(updates [n, d], weights [n], **kwargs) -> [d]`` available to scenarios as
+    ``aggregator: {name: NAME, kwargs: {...}}`` (a tagged config of its own, so ``fedsim schema``
+    and validation know it; the function is probed with the scenario's ``kwargs`` at validation).
+
+    ``weights`` are float64, non-negative and need not sum to one. Registering a name again
+    replaces the earlier function. Returns the name.
+    """
+    from fedsim.robust.aggregators import register_aggregator as register
+
+    return register(name, fn, source=_entry_source(source))
+
+
+def register_attack(name: str, fn: Any, stage: str, *, source: str | None = None) -> str:
+    """Make ``fn`` available as ``byzantine.attack: {name: NAME, kwargs: {...}}``.
+
+    ``stage="client"``: ``fn(delta [d], w_start [d], generator, **kwargs) -> [d]``, the delta a
+    Byzantine client sends; ``stage="server"``: ``fn(honest [h, d], n_total=, f=, **kwargs) ->
+    [d]``, the vector every Byzantine slot of an aggregation sends. Registering a name again
+    replaces the earlier function. Returns the name.
+    """
+    from fedsim.robust.attacks import register_attack as register
+
+    return register(name, fn, stage, source=_entry_source(source))  # type: ignore[arg-type]
+
+
+def unregister_aggregator(name: str) -> None:
+    """Remove a registered aggregator (built-ins stay)."""
+    from fedsim.robust.aggregators import unregister_aggregator as unregister
+
+    unregister(name)
+
+
+def unregister_attack(name: str) -> None:
+    """Remove a registered attack (built-ins stay)."""
+    from fedsim.robust.attacks import unregister_attack as unregister
+
+    unregister(name)
+
+
+def aggregator_sources() -> dict[str, str]:
+    """Every aggregator name with where it comes from (``custom``: any function by target)."""
+    from fedsim.robust.aggregators import AGGREGATOR_CONFIGS
+    from fedsim.robust.custom import REGISTERED_SOURCES
+
+    registered = REGISTERED_SOURCES["aggregators"]
+    return {name: registered.get(name, "fedsim") for name in AGGREGATOR_CONFIGS}
+
+
+def attack_sources() -> dict[str, str]:
+    """Every attack name with where it comes from (``custom``: any function by target)."""
+    from fedsim.robust.attacks import ATTACK_CONFIGS
+    from fedsim.robust.custom import REGISTERED_SOURCES
+
+    registered = REGISTERED_SOURCES["attacks"]
+    return {name: registered.get(name, "fedsim") for name in ATTACK_CONFIGS}
 
 
 def ensure_algorithm(data: Any) -> None:

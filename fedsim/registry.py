@@ -8,8 +8,6 @@ from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.learning.data import DATASETS
 from fedsim.learning.models import MODELS
 from fedsim.learning.partition import Partition
-from fedsim.robust.aggregators import AGGREGATORS
-from fedsim.robust.attacks import ATTACKS
 from fedsim.timing import DELAY_LAWS, Heterogeneity
 from fedsim.topology import GraphConfig, MixingConfig
 
@@ -19,24 +17,32 @@ def _tags(annotated: object, key: str) -> list[str]:
     return [cls.model_fields[key].default for cls in typing.get_args(union)]
 
 
+def _named(sources: dict[str, str]) -> list[str]:
+    """Names, a plugin's followed by where it comes from: ``my_agg (entry point my-dist)``."""
+    return [
+        name if source == "fedsim" else f"{name} ({source})" for name, source in sources.items()
+    ]
+
+
 def catalogue() -> dict[str, list[str]]:
     """Every name a scenario may use, by kind; a plugin's name says where it comes from."""
-    from fedsim.plugins import catalogue_sources, load_entry_points
+    from fedsim.plugins import (
+        aggregator_sources,
+        attack_sources,
+        catalogue_sources,
+        load_entry_points,
+    )
 
     load_entry_points()
-    algorithms = [
-        name if source == "fedsim" else f"{name} ({source})"
-        for name, source in catalogue_sources().items()
-    ]
     return {
-        "algorithms": algorithms,
+        "algorithms": _named(catalogue_sources()),
         "datasets": list(DATASETS),
         "models": list(MODELS),
         "partitions": _tags(Partition, "kind"),
         "delay laws": list(DELAY_LAWS),
         "heterogeneity": _tags(Heterogeneity, "dist"),
-        "aggregators": list(AGGREGATORS),
-        "attacks": list(ATTACKS),
+        "aggregators": _named(aggregator_sources()),
+        "attacks": _named(attack_sources()),
         "graphs": _tags(GraphConfig, "kind"),
         "mixing rules": _tags(MixingConfig, "kind"),
         "staleness functions": list(

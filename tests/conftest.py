@@ -44,10 +44,17 @@ def one_torch_thread():
 @pytest.fixture(autouse=True)
 def restore_algorithm_registry():
     """A test that reads a scenario naming a plugin algorithm registers it (and widens the
-    scenario's union); later tests see the registry as it was (schema and reference tests)."""
+    scenario's union), or registers an aggregator or attack; later tests see the registries as
+    they were (schema and reference tests)."""
     from fedsim import plugins
 
     before = set(plugins.catalogue_sources())
+    aggregators = set(plugins.aggregator_sources())
+    attacks = set(plugins.attack_sources())
     yield
     for name in set(plugins.catalogue_sources()) - before:
         plugins.unregister_algorithm(name)
+    for name in set(plugins.aggregator_sources()) - aggregators:
+        plugins.unregister_aggregator(name)
+    for name in set(plugins.attack_sources()) - attacks:
+        plugins.unregister_attack(name)

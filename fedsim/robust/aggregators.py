@@ -48,6 +48,7 @@ tensor([1.])
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -57,6 +58,13 @@ from torch import Tensor
 
 from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
+from fedsim.robust.custom import (
+    REGISTERED_SOURCES,
+    CustomAggregatorConfig,
+    FunctionAggregator,
+    call_aggregator,
+    config_for,
+)
 
 _CHUNK_ELEMENTS = 1 << 22
 """Weighted coordinate-wise statistics sort columns in blocks of at most this many elements."""
@@ -478,8 +486,10 @@ AggregatorConfig = (
     | KrumConfig
     | GeometricMedianConfig
     | CenteredClippingConfig
+    | CustomAggregatorConfig
 )
-"""Every aggregator's config; the scenario picks one by ``name``."""
+"""Every built-in aggregator's config; the scenario picks one by ``name`` (the scenario's union also
+holds the aggregators plugins register: :data:`AGGREGATOR_CONFIGS`)."""
 
 AggregatorField = Annotated[
     AggregatorConfig, Field(discriminator="name"), DefaultTag("name", "mean")
@@ -494,7 +504,50 @@ AGGREGATORS: dict[str, Callable[..., Tensor]] = {
     "geometric_median": geometric_median,
     "centered_clipping": centered_clipping,
 }
-"""name → aggregator function; the config's other fields are its keyword arguments."""
+"""name → aggregator function; the config's other fields are its keyword arguments (registered
+aggregators take theirs from ``kwargs``). ``custom`` names no function: its config's target does."""
+
+AGGREGATOR_CONFIGS: dict[str, type] = {
+    cls.model_fields["name"].default: cls for cls in typing.get_args(AggregatorConfig)
+}
+"""name → config class: the members of the scenario's ``aggregator`` union, plugins included."""
+BUILTIN_AGGREGATORS = tuple(AGGREGATOR_CONFIGS)
+
+
+def register_aggregator(name: str, fn: Callable[..., Tensor], *, source: str = "python") -> str:
+    """Make ``fn(updates [n, d], weights [n], **kwargs) -> [d]`` the aggregator ``name``
+    (``aggregator: {name: NAME, kwargs: {...}}``); registering a name again replaces it."""
+    key = "aggregator.name"
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ScenarioError(f"{name!r} is not a valid aggregator name (an identifier)", path=key)
+    if name in BUILTIN_AGGREGATORS:
+        raise ScenarioError(f"{name!r} is a built-in aggregator; choose another name", path=key)
+    if not callable(fn):
+        raise ScenarioError(f"the aggregator {name!r} is not callable: {fn!r}", path=key)
+    REGISTERED_SOURCES["aggregators"][name] = source
+    AGGREGATORS[name] = fn
+    AGGREGATOR_CONFIGS[name] = config_for("aggregators", name, fn)
+    _rebuild_scenario()
+    return name
+
+
+def unregister_aggregator(name: str) -> None:
+    """Remove a registered aggregator (built-ins stay)."""
+    if name in BUILTIN_AGGREGATORS:
+        raise ScenarioError(f"{name!r} is a built-in aggregator", path="aggregator.name")
+    AGGREGATORS.pop(name, None)
+    AGGREGATOR_CONFIGS.pop(name, None)
+    REGISTERED_SOURCES["aggregators"].pop(name, None)
+    _rebuild_scenario()
+
+
+def _rebuild_scenario() -> None:
+    """The scenario's ``aggregator`` union: every config of :data:`AGGREGATOR_CONFIGS`."""
+    from fedsim.scenario import Scenario
+
+    configs = tuple(AGGREGATOR_CONFIGS.values())
+    Scenario.model_fields["aggregator"].annotation = typing.Union[configs]  # noqa: UP007
+    Scenario.model_rebuild(force=True)
 
 
 def aggregate(
@@ -509,6 +562,8 @@ def aggregate(
     >>> aggregate(TrimmedMeanConfig(trim_fraction=0.2), torch.tensor([[1.0], [2.0], [3.0], [4.0], [-90.0]]))
     tensor([2.])
     """
+    if isinstance(config, FunctionAggregator):
+        return call_aggregator(config.function(), config.where(), updates, weights, config.kwargs)
     kwargs = config.model_dump(exclude={"name"})
     if isinstance(config, CenteredClippingConfig):
         kwargs["center"] = _start(config.center, updates, weights, previous)

@@ -26,6 +26,7 @@ tensor([-1.,  2.])
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
 from statistics import NormalDist
 from typing import Annotated, ClassVar, Literal
@@ -36,6 +37,14 @@ from torch import Tensor
 
 from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
+from fedsim.robust.custom import (
+    REGISTERED_SOURCES,
+    CustomAttackConfig,
+    FunctionAttack,
+    call_client_attack,
+    call_server_attack,
+    config_for,
+)
 
 Stage = Literal["client", "data", "server"]
 
@@ -298,8 +307,10 @@ AttackConfig = (
     | LabelFlipConfig
     | AlieConfig
     | IpmConfig
+    | CustomAttackConfig
 )
-"""Every attack's config; the scenario picks one by ``name``."""
+"""Every built-in attack's config; the scenario picks one by ``name`` (the scenario's union also
+holds the attacks plugins register: :data:`ATTACK_CONFIGS`)."""
 
 AttackField = Annotated[AttackConfig, Field(discriminator="name"), DefaultTag("name", "sign_flip")]
 """The annotation of the scenario's ``byzantine.attack`` key."""
@@ -314,7 +325,64 @@ ATTACKS: dict[str, Callable[..., Tensor]] = {
     "alie": alie,
     "ipm": ipm,
 }
-"""name → attack function; how it is called depends on its config's ``stage``."""
+"""name → attack function; how it is called depends on its config's ``stage`` (registered attacks
+take their keyword arguments from ``kwargs``). ``custom`` names no function: its config's target does."""
+
+ATTACK_CONFIGS: dict[str, type] = {
+    cls.model_fields["name"].default: cls for cls in typing.get_args(AttackConfig)
+}
+"""name → config class: the members of the scenario's ``byzantine.attack`` union, plugins included."""
+BUILTIN_ATTACKS = tuple(ATTACK_CONFIGS)
+
+
+def register_attack(
+    name: str,
+    fn: Callable[..., Tensor],
+    stage: Literal["client", "server"],
+    *,
+    source: str = "python",
+) -> str:
+    """Make ``fn`` the attack ``name`` (``byzantine.attack: {name: NAME, kwargs: {...}}``).
+
+    ``stage="client"``: ``fn(delta [d], w_start [d], generator, **kwargs) -> [d]``;
+    ``stage="server"``: ``fn(honest [h, d], n_total=, f=, **kwargs) -> [d]``. Registering a name
+    again replaces it.
+    """
+    key = "byzantine.attack.name"
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ScenarioError(f"{name!r} is not a valid attack name (an identifier)", path=key)
+    if name in BUILTIN_ATTACKS:
+        raise ScenarioError(f"{name!r} is a built-in attack; choose another name", path=key)
+    if stage not in ("client", "server"):
+        raise ScenarioError(f"stage must be client or server, got {stage!r}", path=key)
+    if not callable(fn):
+        raise ScenarioError(f"the attack {name!r} is not callable: {fn!r}", path=key)
+    REGISTERED_SOURCES["attacks"][name] = source
+    ATTACKS[name] = fn
+    ATTACK_CONFIGS[name] = config_for("attacks", name, fn, stage)
+    _rebuild_scenario()
+    return name
+
+
+def unregister_attack(name: str) -> None:
+    """Remove a registered attack (built-ins stay)."""
+    if name in BUILTIN_ATTACKS:
+        raise ScenarioError(f"{name!r} is a built-in attack", path="byzantine.attack.name")
+    ATTACKS.pop(name, None)
+    ATTACK_CONFIGS.pop(name, None)
+    REGISTERED_SOURCES["attacks"].pop(name, None)
+    _rebuild_scenario()
+
+
+def _rebuild_scenario() -> None:
+    """The ``byzantine.attack`` union: every config of :data:`ATTACK_CONFIGS`."""
+    from fedsim.robust.byzantine import ByzantineConfig
+    from fedsim.scenario import Scenario
+
+    configs = tuple(ATTACK_CONFIGS.values())
+    ByzantineConfig.model_fields["attack"].annotation = typing.Union[configs]  # noqa: UP007
+    ByzantineConfig.model_rebuild(force=True)
+    Scenario.model_rebuild(force=True)
 
 
 def client_attack(
@@ -329,6 +397,9 @@ def client_attack(
     """
     if config.stage != "client":
         return delta
+    if isinstance(config, FunctionAttack):
+        fn, where = config.function(), config.where()
+        return call_client_attack(fn, where, delta, w_start, generator, config.kwargs)
     return ATTACKS[config.name](delta, w_start, generator, **config.model_dump(exclude={"name"}))
 
 
@@ -338,6 +409,9 @@ def server_attack(config: AttackConfig, honest: Tensor, *, n_total: int, f: int)
     >>> server_attack(IpmConfig(epsilon=1.0), torch.tensor([[2.0], [4.0]]), n_total=3, f=1)
     tensor([-3.])
     """
+    if isinstance(config, FunctionAttack) and config.stage == "server":
+        fn, where = config.function(), config.where()
+        return call_server_attack(fn, where, honest, n_total, f, config.kwargs)
     if isinstance(config, AlieConfig):
         return alie(honest, n_total=n_total, f=f, z=config.z, formula=config.formula)
     if isinstance(config, IpmConfig):
