@@ -131,7 +131,9 @@ def _check_server_optimizer(opt: ServerOptimizerConfig, algo: Any) -> None:
     if opt.lr is None:
         return
     tasks = getattr(algo, "tasks", None) or []
-    if "server_lr" in algo.model_fields_set or any(t.server_lr is not None for t in tasks):
+    field = type(algo).model_fields.get("server_lr")  # its default: not set (scenario.yaml has it)
+    own = field is not None and algo.server_lr != field.default
+    if own or any(t.server_lr is not None for t in tasks):
         raise ScenarioError(
             "server_optimizer.lr and the algorithm's server_lr both set the server learning "
             "rate; keep one",
