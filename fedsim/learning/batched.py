@@ -368,6 +368,8 @@ class BatchedTrainer:
         active = (steps[None, :] > np.arange(t_max)[:, None]).sum(1).tolist()
         w = torch.stack([h.job.start for h in handles]).detach()  # stack copies: starts untouched
         state: dict[str, torch.Tensor] = {}  # the jobs' optimiser state, a row per job
+        if optimizer.proximal_mu:
+            optimizer.begin(state, w.clone())  # w is stepped in place: the anchor is a copy
         x_all, y_all = data.x_train, data.y_train
         flip = None
         if any(h.job.flip_labels for h in handles):

@@ -5,6 +5,12 @@ its state is as much its own as its seed: the sequential trainer keeps it for on
 the batched trainer for a stack ``[n, d]`` whose first ``k`` rows are still training. The rules
 follow ``torch.optim.SGD`` (``dampening = 0``) and ``torch.optim.Adam`` (L2 ``weight_decay``
 added to the gradient); ``tests/test_optim.py`` checks them against those classes.
+
+FedProx (Li et al. 2020; also FedAsync's regularised local objective): with ``proximal_mu = μ > 0``
+the job minimises ``f(w) + μ/2 ‖w − w_start‖²``, whose gradient adds ``μ (w − w_start)`` to the
+loss gradient before the rule above. It acts on the parameters the trainers step (the head of the
+flat vector: buffers in its tail are never stepped), for one vector and for a stack alike; the
+trainer gives the start with :meth:`LocalOptimizer.begin` (``tests/test_proximal.py``).
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ class LocalOptimizer:
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        proximal_mu: float = 0.0,
     ) -> None:
         if name not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {name!r}; expected sgd or adam")
         self.name, self.lr, self.momentum, self.weight_decay = name, lr, momentum, weight_decay
         self.betas, self.eps = betas, eps
+        self.proximal_mu = proximal_mu
 
     @classmethod
     def from_config(cls, config: TrainingConfig) -> LocalOptimizer:
@@ -44,7 +52,14 @@ class LocalOptimizer:
             config.weight_decay,
             tuple(config.betas),
             config.eps,
+            config.proximal_mu,
         )
+
+    def begin(self, state: dict[str, torch.Tensor], start: torch.Tensor) -> None:
+        """A job (or a stack of jobs) starts from ``start`` (the parameters ``step`` will update,
+        ``[d]`` or ``[n, d]``; not modified afterwards): the anchor of the proximal term."""
+        if self.proximal_mu:
+            state["anchor"] = start
 
     def step(
         self,
@@ -61,6 +76,9 @@ class LocalOptimizer:
         """
         if self.weight_decay:
             g = g + self.weight_decay * w
+        if self.proximal_mu:  # ∇ μ/2 ‖w − w_start‖² = μ (w − w_start)
+            anchor = state["anchor"] if k is None else state["anchor"][:k]
+            g = g + self.proximal_mu * (w - anchor)
         if self.name == "adam":
             self._adam(w, g, state, t, k)
             return

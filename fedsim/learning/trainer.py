@@ -56,6 +56,9 @@ class TrainingConfig(Section):
     """Adam's decay rates of the first and second moment estimates, each in [0, 1)."""
     eps: PositiveFloat = 1e-8
     """Adam's term added to the denominator."""
+    proximal_mu: float = Field(0.0, ge=0)
+    """μ of the FedProx proximal term (Li et al. 2020; FedAsync's regularised objective): each job
+    minimises its loss + μ/2·‖w − w_start‖², w_start the model it received. 0: none."""
     backend: Literal["auto", "batched", "sequential"] = "auto"
     """How jobs are executed; results do not depend on it. sequential = one job at a time (the
     reference); batched = every pending job in stacks trained with one vectorised step each; auto =
@@ -265,6 +268,7 @@ class SequentialTrainer:
         batches = torch.as_tensor(task.batches(job), device=device)
         w = job.start.clone()
         state: dict[str, torch.Tensor] = {}
+        task.optimizer.begin(state, job.start[: task.spec.n_params])  # the parameters' start
         with task.job_rng(job):
             if task.spec.buffers:
                 self._train_with_buffers(job, w, batches, state)
