@@ -125,8 +125,11 @@ def check_runnable(scenario: Any, data: Any = None) -> None:
 
 
 def _check_runnable(scenario: Any, data: Any) -> None:
+    from fedsim import checkpoint
     from fedsim.learning.data import check_data
     from fedsim.rng import SeedStreams
+
+    checkpoint.check(scenario)
 
     check_training_path(scenario, data)
     check_memory(scenario, model_nbytes(scenario, data) if scenario.training is not None else 0)

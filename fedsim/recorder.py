@@ -152,7 +152,22 @@ class TraceWriter:
         if self.companion is not None:
             self.companion.flush()
 
-    def close(self) -> pd.DataFrame | None:
+    @property
+    def part_count(self) -> int:
+        """Parts written so far (their numbers are 0 … part_count − 1)."""
+        return self._parts
+
+    def truncate_parts(self, count: int) -> None:
+        """Go back to the first ``count`` parts (a resume from a checkpoint taken then): the
+        parts written after it are removed, the next part is number ``count``."""
+        if self.parts_dir is not None and self.parts_dir.is_dir():
+            for part in self.parts_dir.glob("part-*.parquet"):
+                if int(part.stem.split("-")[1]) >= count:
+                    part.unlink()
+        self._parts = count
+        self.rows = []
+
+    def close(self, *, keep_parts: bool = False) -> pd.DataFrame | None:
         """Finish the table: rows in time order, stably sorted by ``sim_time``.
 
         Rows are recorded when an outcome is known, which is not always in time order (a FedAvg
@@ -168,7 +183,8 @@ class TraceWriter:
             return sort_by_time(table).to_pandas()
         parts = sorted(self.parts_dir.glob("part-*.parquet")) if self.parts_dir.is_dir() else []
         merge_parts(parts, self.path, self.schema, block_rows=self.chunk_rows)
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        if not keep_parts:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
         return None
 
 

@@ -24,7 +24,8 @@ MARKER = ".fedsim-run"
 LOCK = ".fedsim-lock"
 """Held while a run writes: the owner's pid."""
 TRACE_FILES = ("events.parquet", "evals.parquet")
-RUN_FILES = (*TRACE_FILES, "summary.json", "scenario.yaml", MARKER)
+CHECKPOINT = "checkpoint.pkl"
+RUN_FILES = (*TRACE_FILES, "summary.json", "scenario.yaml", MARKER, CHECKPOINT)
 RUN_DIRS = ("plots", "models", *(f"{name}.parts" for name in TRACE_FILES))
 SaveModels = Literal["final", "none", "every_eval"]
 """``output.save_models``: which models a run keeps in ``RUN_DIR/models/``."""
@@ -108,7 +109,12 @@ class RunDirLock:
 
 
 def claim(
-    path: Path, *, scenario_hash: str, overwrite: bool = False, resume: bool = False
+    path: Path,
+    *,
+    scenario_hash: str,
+    overwrite: bool = False,
+    resume: bool = False,
+    from_checkpoint: bool = False,
 ) -> RunDirLock:
     """Lock ``path``, re-check it under the lock, clear a previous run's files, write the marker.
 
@@ -121,6 +127,11 @@ def claim(
     lock = RunDirLock(path)
     try:
         check(path, overwrite=overwrite, resume=resume)  # another run may have finished meanwhile
+        if from_checkpoint:  # keep the parts and the checkpoint; the finished files are redone
+            for name in (*TRACE_FILES, "summary.json"):
+                (path / name).unlink(missing_ok=True)
+            shutil.rmtree(path / "plots", ignore_errors=True)
+            return lock
         clear(path)
         from fedsim import __version__
 

@@ -105,6 +105,12 @@ class OutputConfig(Section):
     flush_rows: PositiveInt = 200_000
     """Trace rows kept in memory before a chunk is written to disk (they also go to disk at least
     every 10 wall-clock seconds)."""
+    checkpoint_every_s: Period | None = None
+    """Save the run's whole state to ``RUN_DIR/checkpoint.pkl`` every this many simulated
+    seconds, for ``fedsim run --resume`` to go on from (null: no periodic checkpoint)."""
+    checkpoint_every_wall_s: PositiveFloat | None = None
+    """Also (or instead) every this many wall-clock seconds. With either key, Ctrl-C and SIGTERM
+    save a checkpoint at the stop too."""
     save_models: SaveModels = "final"
     """Models kept in ``RUN_DIR/models/``: ``final`` (every server's last model, as a state dict
     ``server-S.pt`` that ``load_state_dict`` takes), ``every_eval`` (also one per evaluation, listed

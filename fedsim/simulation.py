@@ -22,6 +22,7 @@ import pandas as pd
 import simpy
 import torch
 from simpy.core import EmptySchedule, StopSimulation
+from simpy.events import URGENT
 
 from fedsim import rundir
 from fedsim.algorithms import ALGORITHMS
@@ -46,6 +47,12 @@ from fedsim.timing import ClientTiming
 from fedsim.topology import Topology, build_topology
 
 ACCEPTED = frozenset({"applied", "buffered"})
+
+
+class _CheckpointNow(StopSimulation):
+    """Raised by a checkpoint event: SimPy ends the step, the run loop saves and goes on."""
+
+
 NOT_UPLOADED = frozenset({"dropped", "cancelled", "in_flight"})
 PROGRESS_EVERY_ROWS = 1024
 FLUSH_EVERY_WALL_S = 10.0
@@ -204,6 +211,10 @@ class Simulation:
         self.events.companion = self.evals
         self.threads: ThreadChoice | None = None
         self.evaluations = 0
+        self.checkpoints = 0
+        self.resumed_from: float | None = None
+        self._last_checkpoint = 0.0
+        self._wall_checkpoint_pending = False
         self.models = ModelStore(run_dir and run_dir / "models", self.spec)
         """How many torch threads the run was given and why (set by :func:`run`)."""
         self._last_flush = -math.inf
@@ -270,6 +281,9 @@ class Simulation:
         if time.perf_counter() - self._last_flush >= FLUSH_EVERY_WALL_S:
             self._last_flush = time.perf_counter()
             self.events.flush()  # and the evals with it
+        every_wall = self.scenario.output.checkpoint_every_wall_s
+        if every_wall is not None and time.perf_counter() - self._last_checkpoint >= every_wall:
+            self._request_wall_checkpoint()
 
     def record_message(self, sender: int, receiver: int, nbytes: int, sent_at: float) -> None:
         """One model sent from server ``sender`` to ``receiver``, arriving now (status ``message``)."""
@@ -375,11 +389,56 @@ class Simulation:
             self.stop("target_accuracy")
         self._tick()
 
-    def _evaluation_process(self):
-        every = self.scenario.eval.every_s
-        while True:
-            self.evaluate()
-            yield self.env.timeout(every)
+    def _start_evaluations(self) -> None:
+        """The first evaluation at time 0 (after the algorithm's start), then every ``every_s``.
+
+        Plain callbacks, not a generator process: a run's state must be picklable (checkpoints).
+        """
+        first = simpy.Event(self.env)
+        first._ok, first._value = True, None
+        self.env.schedule(first, URGENT)
+        first.callbacks.append(self._evaluation_tick)
+
+    def _evaluation_tick(self, _event: simpy.Event) -> None:
+        self.evaluate()
+        self.env.timeout(self.scenario.eval.every_s).callbacks.append(self._evaluation_tick)
+
+    def _time_up(self, _event: simpy.Event) -> None:
+        self.stop("time")
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def _schedule_checkpoint(self) -> None:
+        every = self.scenario.output.checkpoint_every_s
+        if every is not None and self.run_dir is not None:
+            self.env.timeout(every).callbacks.append(self._checkpoint_due)
+
+    def _checkpoint_due(self, _event: simpy.Event) -> None:
+        """A periodic checkpoint event: the next one is scheduled, and this step ends, so that the
+        run loop saves between two events."""
+        self._schedule_checkpoint()
+        raise _CheckpointNow
+
+    def _wall_checkpoint_due(self, _event: simpy.Event) -> None:
+        self._wall_checkpoint_pending = False
+        raise _CheckpointNow
+
+    def _request_wall_checkpoint(self) -> None:
+        """From inside an event (the row timer): save at the next event boundary."""
+        if self._wall_checkpoint_pending or self.run_dir is None:
+            return
+        self._wall_checkpoint_pending = True
+        event = simpy.Event(self.env)
+        event._ok, event._value = True, None
+        self.env.schedule(event, URGENT)
+        event.callbacks.append(self._wall_checkpoint_due)
+
+    def save_checkpoint(self) -> None:
+        """Save the run's state now (between two events) to ``RUN_DIR/checkpoint.pkl``."""
+        from fedsim import checkpoint
+
+        self._last_checkpoint = time.perf_counter()
+        checkpoint.save(self, self.run_dir / checkpoint.CHECKPOINT)
+        self.checkpoints += 1
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> Result:
@@ -404,11 +463,33 @@ class Simulation:
         env = self.env
         horizon = self.scenario.stop.time_s
         if horizon is not None:
-            env.timeout(horizon).callbacks.append(lambda _e: self.stop("time"))
+            env.timeout(horizon).callbacks.append(self._time_up)
         env.process(self.algorithm.run())
-        env.process(self._evaluation_process())
+        self._start_evaluations()
+        self._schedule_checkpoint()
+        self._last_checkpoint = self._started
+        self.callbacks.call("on_start", env.now, sim=self)
+        return self._continue()
+
+    def resume(self) -> Result:
+        """Go on from a checkpoint (:func:`fedsim.checkpoint.load` built this simulation)."""
+        self.stop_event = self.env.event()
+        self.stop_reason = ""
+        self.interrupted_by = None
+        self._last_checkpoint = time.perf_counter()
+        self._wall_checkpoint_pending = False
+        thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 10)
         try:
-            self.callbacks.call("on_start", env.now, sim=self)
+            return self._continue()
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
+
+    def _continue(self) -> Result:
+        env = self.env
+        try:
             with stop_on_signals(self.interrupt):
                 self._loop()
         except (ScenarioError, SimulationError) as exc:
@@ -418,12 +499,21 @@ class Simulation:
             message = f"run failed at simulated time {env.now:.3f}s: {exc!r}"
             self._finish(error=message)
             raise SimulationError(message) from exc
+        keep_parts = False
+        if self.stop_reason == "interrupted" and self._checkpointing():
+            self.save_checkpoint()  # a resume goes on from here, with these parts
+            keep_parts = True
         if self.last_eval.get("sim_time") != env.now or not self.evals.total + len(self.evals.rows):
             self.evaluate()
         self.algorithm.finish()
         for job in list(self.pool.open_jobs.values()):
             self.record_job(job, "in_flight")  # still out at the stop: downloaded, never returned
-        return self._finish()
+        return self._finish(keep_parts=keep_parts)
+
+    def _checkpointing(self) -> bool:
+        out = self.scenario.output
+        asked = out.checkpoint_every_s is not None or out.checkpoint_every_wall_s is not None
+        return asked and self.run_dir is not None
 
     def _loop(self) -> None:
         """SimPy's run loop until the stop event, watching that the simulated clock advances."""
@@ -431,20 +521,24 @@ class Simulation:
         step = env.step
         self.stop_event.callbacks.append(StopSimulation.callback)
         last, still = env.now, 0
-        try:
-            while True:
-                for _ in range(_STEPS_PER_CHECK):
-                    step()
-                if env.now != last:
-                    last, still = env.now, 0
-                    continue
-                still += _STEPS_PER_CHECK
-                if still >= STALL_EVENTS:
-                    raise SimulationError(self._stall_message(still))
-        except StopSimulation:
-            return
-        except EmptySchedule:
-            self.stop_reason = "no_events_left"
+        while True:
+            try:
+                while True:
+                    for _ in range(_STEPS_PER_CHECK):
+                        step()
+                    if env.now != last:
+                        last, still = env.now, 0
+                        continue
+                    still += _STEPS_PER_CHECK
+                    if still >= STALL_EVENTS:
+                        raise SimulationError(self._stall_message(still))
+            except _CheckpointNow:
+                self.save_checkpoint()
+            except StopSimulation:
+                return
+            except EmptySchedule:
+                self.stop_reason = "no_events_left"
+                return
 
     def _stall_message(self, events: int) -> str:
         key, value = _smallest_duration(self.scenario.to_dict())
@@ -498,10 +592,17 @@ class Simulation:
             "run_dir": str(self.run_dir) if self.run_dir else None,
         }
 
-    def _finish(self, error: str | None = None) -> Result:
-        """Close both traces and write the summary (also after an interrupt or a failure)."""
-        events = self.events.close()
-        evals = self.evals.close()
+    def _finish(self, error: str | None = None, *, keep_parts: bool = False) -> Result:
+        """Close both traces and write the summary (also after an interrupt or a failure).
+
+        ``keep_parts``: an interrupted run with a checkpoint keeps its trace parts beside the
+        finished files, for the resume to go on from."""
+        events = self.events.close(keep_parts=keep_parts)
+        evals = self.evals.close(keep_parts=keep_parts)
+        if error is None and not keep_parts and self.run_dir is not None:
+            from fedsim.checkpoint import CHECKPOINT
+
+            (self.run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing to resume
         events_path = self.run_dir / "events.parquet" if self.run_dir is not None else None
         summary = self.summary(
             time.perf_counter() - self._started, event_totals(events_path, events)
@@ -509,6 +610,9 @@ class Simulation:
         summary["best_accuracy"] = self.best_accuracy(evals)
         if self.interrupted_by is not None:
             summary["interrupted_by"] = self.interrupted_by
+        if self.checkpoints or self.resumed_from is not None:
+            summary["checkpoints"] = self.checkpoints
+            summary["resumed_from_s"] = self.resumed_from
         if error is not None:
             summary["stop_reason"] = "error"
             summary["error"] = error
@@ -749,10 +853,20 @@ def _run_resolved(
         simulation.threads = choice
         if run_dir is None:
             return simulation.run()
+        saved = run_dir / rundir.CHECKPOINT
+        from_checkpoint = resume is not None and saved.is_file()
         lock = rundir.claim(
-            run_dir, scenario_hash=resolved.hash(), overwrite=overwrite, resume=resume is not None
+            run_dir,
+            scenario_hash=resolved.hash(),
+            overwrite=overwrite,
+            resume=resume is not None,
+            from_checkpoint=from_checkpoint,
         )
         try:
+            if from_checkpoint:
+                from fedsim import checkpoint
+
+                return checkpoint.load(simulation, saved).resume()
             return simulation.run()
         finally:
             lock.release()

@@ -8,6 +8,7 @@ Each duration law is a distribution object with ``sample(rng, size)`` and its an
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Annotated, Literal
 
 import numpy as np
@@ -344,7 +345,7 @@ class ClientTiming:
         self.speed: list[float] = speed.tolist()
         self.compute_law = compute
         noise_rng = streams.generator("timing.compute")
-        self._noise = BlockSampler(lambda n: compute.sample(noise_rng, n))
+        self._noise = BlockSampler(partial(compute.sample, noise_rng))  # picklable: checkpoints
         self._job_slowdown = stragglers.slowdown
         self._job_prob = stragglers.job_prob
         slow_rng = streams.generator("timing.slow_jobs")

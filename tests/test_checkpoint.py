@@ -1,0 +1,152 @@
+"""Checkpoints: a run stopped at any moment and resumed gives the files of a run never stopped."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import fedsim
+from fedsim.errors import ScenarioError
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+# Every algorithm that can be checkpointed, on a shipped scenario made short.
+CASES = {
+    "fedasync": ("quickstart.yaml", {}),
+    "fedbuff": ("fedbuff.yaml", {}),
+    "fedbuff_c": ("fedfix_compare.yaml", {"algorithm": {"name": "fedbuff_c"}}),
+    "async_fedavg": ("fedfix_compare.yaml", {"algorithm": {"name": "async_fedavg"}}),
+    "frain": ("frain_nullifiers.yaml", {}),
+    "brain": ("frain_nullifiers.yaml", {"algorithm.name": "brain", "-": ("merge", "adaptive")}),
+}
+
+
+def _scenario(name: str) -> dict:
+    file, change = CASES[name]
+    data = yaml.safe_load((SCENARIOS / file).read_text())
+    for key, value in change.items():
+        if key == "-":  # FRAIN's own keys, which BRAIN does not take
+            for leaf in value:
+                data["algorithm"].pop(leaf, None)
+        elif "." in key:
+            section, leaf = key.split(".")
+            data[section][leaf] = value
+        else:
+            data[key] = value
+    data["stop"] = {"time_s": 120.0}
+    data["eval"] = {"every_s": 10.0}
+    data.setdefault("clients", {})["count"] = min(data["clients"].get("count", 100), 40)
+    data["output"] = {"checkpoint_every_s": 25.0, "flush_rows": 64}
+    return data
+
+
+class StopAt:
+    """Stops the process at an evaluation, as a kill would: no file is finished."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def on_eval(self, *, sim_time: float) -> None:
+        if sim_time >= self.at:
+            raise KeyboardInterrupt
+
+
+def _same_files(a: Path, b: Path) -> None:
+    assert (a / "events.parquet").read_bytes() == (b / "events.parquet").read_bytes()
+    evals = [pd.read_parquet(d / "evals.parquet").drop(columns="real_time_s") for d in (a, b)]
+    pd.testing.assert_frame_equal(*evals, check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n == "fedasync" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CASES)],
+)
+def test_a_stopped_run_resumes_to_the_same_files(tmp_path, name):
+    data = _scenario(name)
+    try:
+        reference = fedsim.run(data, out=tmp_path / "whole")
+    except ScenarioError as exc:  # pragma: no cover - a shortened scenario that is invalid
+        pytest.fail(f"{name}: {exc}")
+    assert reference.summary["checkpoints"] >= 3
+    assert not (tmp_path / "whole" / "checkpoint.pkl").exists()  # finished: nothing to resume
+    rng = random.Random(name)
+    for trial in range(2):
+        at = rng.choice([30.0, 50.0, 70.0, 100.0])
+        out = tmp_path / f"stopped{trial}"
+        with pytest.raises(KeyboardInterrupt):
+            fedsim.run(data, out=out, callbacks=[StopAt(at)])
+        assert (out / "checkpoint.pkl").is_file() and not (out / "events.parquet").exists()
+        resumed = fedsim.run(resume=out)
+        assert resumed.summary["resumed_from_s"] == 25.0 * int(at // 25.0)
+        assert resumed.summary["updates"] == reference.summary["updates"]
+        _same_files(out, tmp_path / "whole")
+
+
+def test_checkpoints_are_refused_for_an_algorithm_that_cannot_save_its_state():
+    data = yaml.safe_load((SCENARIOS / "fedavg_deadline.yaml").read_text())
+    data["output"] = {"checkpoint_every_s": 30.0}
+    with pytest.raises(ScenarioError, match=r"output\.checkpoint_every_s: algorithm fedavg keeps"):
+        fedsim.run(data, save=False)
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path):
+    data = _scenario("fedasync")
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(data, out=tmp_path / "r", callbacks=[StopAt(60.0)])
+    (tmp_path / "r" / "checkpoint.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ScenarioError, match=r"checkpoint\.pkl: not a readable checkpoint"):
+        fedsim.run(resume=tmp_path / "r")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsim.cli", *args], cwd=cwd,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # several CLI processes
+def test_sigkill_and_sigint_at_random_moments_then_resume(tmp_path):
+    """Real signals: kill -9 (the checkpoint taken by the wall-clock timer) and Ctrl-C (a
+    checkpoint taken at the stop), each resumed with `fedsim run --resume`."""
+    data = _scenario("fedbuff")
+    data["stop"] = {"time_s": 900.0}
+    data["output"] = {"checkpoint_every_wall_s": 0.5, "flush_rows": 64}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    whole = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "run", "s.yaml", "-q", "--no-plots", "--out", "whole"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    rng = random.Random(7)
+    for trial, sig in enumerate([signal.SIGKILL, signal.SIGKILL, signal.SIGINT]):
+        out = f"r{trial}"
+        process = _cli("run", "s.yaml", "-q", "--no-plots", "--out", out, cwd=tmp_path)
+        deadline = time.monotonic() + 300
+        while not (tmp_path / out / "checkpoint.pkl").exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.send_signal(sig)
+        process.communicate(timeout=300)
+        if process.returncode == 0:  # finished before the signal: nothing to resume
+            continue
+        assert process.returncode in (-signal.SIGKILL, 130)
+        resumed = subprocess.run(
+            [sys.executable, "-m", "fedsim.cli", "run", "-q", "--no-plots", "--resume", out],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+        summary = json.loads((tmp_path / out / "summary.json").read_text())
+        assert summary["resumed_from_s"] > 0
+        _same_files(tmp_path / out, tmp_path / "whole")
