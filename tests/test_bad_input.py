@@ -740,7 +740,7 @@ def test_every_error_is_reported_with_its_line(tmp_path, capsys):
         f"{path}:6: clients.compute.mean_s: must be > 0.0, got -2",
         f"{path}:8: stop.time_s: must be a finite number, got nan",
         f"{path}:9: bogus: unknown key (known: name, seed, stop, data, model, training, clients, "
-        "algorithm, aggregator, screening, byzantine, topology, eval, output)",
+        "algorithm, aggregator, server_optimizer, screening, byzantine, topology, eval, output)",
     ]
     assert err.splitlines() == [f"error: {line}" for line in expected]
     with pytest.raises(fedsim.ScenarioError) as info:
@@ -769,7 +769,7 @@ def test_errors_from_overrides_name_the_override(tmp_path, capsys):
         f"error: {path}:6: clients.compute.mean_s: must be > 0.0, got -2",
         f"error: {path}:8: stop.time_s: must be a finite number, got nan",
         f"error: {path}:9: bogus: unknown key (known: name, seed, stop, data, model, training, "
-        "clients, algorithm, aggregator, screening, byzantine, topology, eval, output)",
+        "clients, algorithm, aggregator, server_optimizer, screening, byzantine, topology, eval, output)",
         "error: --set clients.count: must be > 0, got -3",
     ]
     # A section replaced by an override: the keys under it came from the override.
@@ -836,7 +836,7 @@ def test_lines_follow_aliases_merges_and_lists(tmp_path):
         fedsim.load_scenario(path)
     assert info.value.lines == [
         f"{path}:2: shared: unknown key; did you mean 'seed'? (known: name, seed, stop, data, model, training, clients, "
-        "algorithm, aggregator, screening, byzantine, topology, eval, output)",
+        "algorithm, aggregator, server_optimizer, screening, byzantine, topology, eval, output)",
         f"{path}:4: clients.compute.mean_s: must be > 0.0, got -1",
         f"{path}:8: clients.network.latency_s: must be >= 0.0, got -5",
         f"{path}:12: model.hidden.1: must be > 0, got 0",
