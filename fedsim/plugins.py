@@ -61,7 +61,7 @@ def _check_class(cls: Any, key: str) -> None:
         raise ScenarioError(f"{what}.config_class has no `name` field", path=key)
 
 
-def register_algorithm(cls: type, *, name: str | None = None, source: str = "python") -> str:
+def register_algorithm(cls: type, *, name: str | None = None, source: str | None = None) -> str:
     """Make ``cls`` available to scenarios as ``algorithm.name: NAME`` (default ``cls.name``).
 
     Registering a name again replaces the earlier class (the last registration wins). Returns
@@ -86,7 +86,7 @@ def register_algorithm(cls: type, *, name: str | None = None, source: str = "pyt
         )  # fmt: skip
         cls = type(cls.__name__, (cls,), {"config_class": config, "name": name})
     registered[name] = cls
-    SOURCES[name] = source
+    SOURCES[name] = _entry_source(source)
     _rebuild_scenario()
     return name
 

@@ -367,7 +367,13 @@ PATH_KEYS = ("data.path", "data.cache_dir", "topology.graph.path", "topology.mix
 against the scenario file's folder for a value in the file, against the working directory for a
 value in a mapping or an override (:func:`resolve_paths`). ``output.dir`` is not one of them: a run
 directory goes where the command runs."""
-TARGET_KEYS = ("data.target", "model.target", "algorithm.name")
+TARGET_KEYS = (
+    "data.target",
+    "model.target",
+    "algorithm.name",
+    "aggregator.target",
+    "byzantine.attack.target",
+)
 """Keys naming a target; the file of a ``path/to/file.py:name`` target is resolved like
 :data:`PATH_KEYS` (a ``module.path:name`` target is left as it is)."""
 

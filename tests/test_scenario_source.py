@@ -4,6 +4,7 @@ validation (check_runnable, the run's build) name ``FILE:LINE:`` of their key.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -317,3 +318,18 @@ def test_a_key_the_file_does_not_hold_names_the_file(tmp_path, capsys):
     with pytest.raises(ScenarioError) as info:
         check_runnable(plain)
     assert info.value.lines[0].startswith("clients.count: 5000 clients")
+
+
+def test_aggregator_and_attack_file_targets_resolve_against_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "plugins" / "robust_functions.py", folder / "fns.py")
+    (folder / "s.yaml").write_text(
+        "aggregator: {name: custom, target: 'fns.py:user_mean'}\n"
+        "byzantine: {fraction: 0.1, attack: {name: custom, target: 'fns.py:user_sign_flip',"
+        " stage: client}}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the scenario's folder
+    scenario = fedsim.load_scenario("study/s.yaml")
+    assert scenario.aggregator.target == f"{folder / 'fns.py'}:user_mean"
+    assert scenario.byzantine.attack.target == f"{folder / 'fns.py'}:user_sign_flip"
