@@ -381,10 +381,13 @@ def run_cell(scenario: dict[str, Any], cell_dir: str, device: str | None = None)
     torch.set_num_threads(1)
     _in_cell = True
     try:
-        # overwrite: what a cell directory holds is this cell's earlier, unfinished or damaged run.
-        result = run(
-            load_scenario(scenario), out=cell_dir, device=device, overwrite=True, threads=1
-        )
+        resolved = load_scenario(scenario)
+        if _resumable(Path(cell_dir), resolved.hash()):
+            # an interrupted cell with a checkpoint of this very scenario: go on from it
+            result = run(resume=cell_dir, device=device, threads=1)
+        else:
+            # overwrite: what a cell directory holds is this cell's earlier, unfinished or damaged run
+            result = run(resolved, out=cell_dir, device=device, overwrite=True, threads=1)
     finally:
         _in_cell = False
         torch.set_num_threads(threads)
@@ -392,6 +395,15 @@ def run_cell(scenario: dict[str, Any], cell_dir: str, device: str | None = None)
         _worker_stop = str(result.summary.get("interrupted_by", "SIGINT"))
         raise KeyboardInterrupt(f"cell interrupted by {_worker_stop}")
     return result.summary["scenario_hash"]
+
+
+def _resumable(cell_dir: Path, scenario_hash: str) -> bool:
+    """A cell directory holding a checkpoint written for this scenario (fedsim/checkpoint.py)."""
+    from fedsim import rundir
+
+    if not (cell_dir / rundir.CHECKPOINT).is_file():
+        return False
+    return rundir.read_marker(cell_dir).get("scenario_hash") == scenario_hash
 
 
 Done = Callable[[Cell, BaseException | None], None]

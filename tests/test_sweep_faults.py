@@ -323,3 +323,35 @@ def test_a_sweep_leaves_no_arrow_thread_to_abort_at_exit(tmp_path, small_learnin
     assert proc.returncode == 0, proc.stderr
     before, after = map(int, proc.stdout.split())
     assert after == before, f"{after - before} more threads after the sweep than before"
+
+
+def test_an_interrupted_cell_with_a_checkpoint_goes_on_from_it(tmp_path, small_learning):
+    """A cell killed after a checkpoint resumes from it when the sweep runs again, and its files
+    equal those of a sweep never interrupted."""
+    import fedsim
+
+    base = {**small_learning, "output": {"checkpoint_every_s": 20.0}}
+    path = write_sweep(tmp_path, base, {"clients.count": [12, 16]})
+    whole = tmp_path / "whole"
+    run_sweep(path, whole, progress=False)
+    out = tmp_path / "out"
+    run_sweep(path, out, progress=False)
+    cell = json.loads((out / "sweep.json").read_text())["cells"][1]
+    cell_dir = out / cell["dir"]
+
+    class Kill:
+        def on_eval(self, *, sim_time):
+            if sim_time >= 45:
+                raise KeyboardInterrupt
+
+    scenario = fedsim.load_scenario(cell_dir / "scenario.yaml")
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(scenario, out=cell_dir, overwrite=True, threads=1, callbacks=[Kill()])
+    assert (cell_dir / "checkpoint.pkl").is_file()
+    again = run_sweep(path, out, progress=False)
+    assert (again.ran, again.skipped) == (1, 1)
+    summary = json.loads((cell_dir / "summary.json").read_text())
+    assert summary["resumed_from_s"] == 40.0
+    assert (cell_dir / "events.parquet").read_bytes() == (
+        whole / cell["dir"] / "events.parquet"
+    ).read_bytes()
