@@ -1,0 +1,109 @@
+"""Wall-time cost of checkpoints every 60 simulated seconds on the shipped scenarios that take them.
+
+Each scenario (shortened to a few simulated minutes) runs into a temporary run directory with and
+without ``output.checkpoint_every_s: 60``, alternately, ``--repeats`` times; the cost is the ratio
+of the medians. The issue's goal: at most 5 % more wall time.
+
+    python benchmarks/bench_checkpoint.py --out benchmarks/results/checkpoint.json
+    python benchmarks/bench_checkpoint.py --table benchmarks/results/checkpoint.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import fedsim
+from fedsim.checkpoint import unsupported
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT = {"stop.time_s": 240.0}
+CASES = {
+    "quickstart": SHORT,
+    "fedasync_stragglers": SHORT,
+    "fedbuff": SHORT,
+    "byzantine_fedbuff": SHORT,
+    "frain_nullifiers": SHORT,
+    "timing_only_1m": {"stop.max_updates": 200_000},
+}
+COMMAND = "python benchmarks/bench_checkpoint.py --out benchmarks/results/checkpoint.json"
+
+
+def _run(name: str, overrides: dict, every: float | None) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = {**overrides, "output.checkpoint_every_s": every}
+        start = time.perf_counter()
+        result = fedsim.run(ROOT / "scenarios" / f"{name}.yaml", settings, out=f"{tmp}/run")
+        return time.perf_counter() - start, int(result.summary.get("checkpoints", 0))
+
+
+def measure(repeats: int) -> list[dict]:
+    rows = []
+    for name, overrides in CASES.items():
+        scenario = fedsim.load_scenario(ROOT / "scenarios" / f"{name}.yaml", overrides)
+        if unsupported(scenario) is not None:
+            continue
+        plain, saved, count = [], [], 0
+        for _ in range(repeats):
+            plain.append(_run(name, overrides, None)[0])
+            seconds, count = _run(name, overrides, 60.0)
+            saved.append(seconds)
+        row = {
+            "scenario": name,
+            "checkpoints": count,
+            "plain_s": plain,
+            "checkpointed_s": saved,
+            "ratio": statistics.median(saved) / statistics.median(plain),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(results: dict) -> str:
+    """The markdown table of a results file (docs/performance.md holds it verbatim)."""
+    lines = [
+        "| scenario | checkpoints | without (s) | with (s) | cost | within 5 % |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in results["rows"]:
+        plain = statistics.median(row["plain_s"])
+        saved = statistics.median(row["checkpointed_s"])
+        cost = row["ratio"] - 1
+        lines.append(
+            f"| {row['scenario']} | {row['checkpoints']} | {plain:.2f} | {saved:.2f} | "
+            f"{cost:+.1%} | {'yes' if cost <= 0.05 else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--table", type=Path, help="print the table of a results file and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
+    rows = measure(args.repeats)
+    results = {
+        "command": COMMAND,
+        "repeats": args.repeats,
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average": os.getloadavg(),
+        "rows": rows,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
