@@ -31,6 +31,7 @@ from pydantic import (
 from fedsim.algorithms import AlgorithmConfig
 from fedsim.algorithms.fedasync import FedAsyncConfig
 from fedsim.algorithms.server_opt import ServerOptimizerConfig
+from fedsim.availability import AlwaysAvailable, AvailabilityConfig, TraceAvailability
 from fedsim.config_base import DefaultTag, Period, Section
 from fedsim.errors import Problem, ScenarioError
 from fedsim.learning.data import DataConfig
@@ -88,6 +89,15 @@ class ClientsConfig(Section):
     """Jobs lost with no update."""
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     """Transfer time of the model, each way."""
+    availability: AvailabilityConfig = Field(default_factory=AlwaysAvailable)
+    """When clients are online: always | diurnal | markov | trace (offline clients are not
+    dispatched; a client going offline loses its job, dropped with reason offline)."""
+
+    @model_validator(mode="after")
+    def _trace_readable(self) -> ClientsConfig:
+        if isinstance(self.availability, TraceAvailability):
+            self.availability.check()  # fedsim validate reports a bad trace file
+        return self
 
 
 class EvalConfig(Section):
@@ -362,7 +372,13 @@ def read_yaml_lines(path: str | Path) -> tuple[dict[str, Any], KeyLines]:
     return resolve_paths(data, path.parent), lines
 
 
-PATH_KEYS = ("data.path", "data.cache_dir", "topology.graph.path", "topology.mixing.path")
+PATH_KEYS = (
+    "data.path",
+    "data.cache_dir",
+    "topology.graph.path",
+    "topology.mixing.path",
+    "clients.availability.path",
+)
 """Keys naming a local file or folder. A relative path is made absolute when the scenario is loaded:
 against the scenario file's folder for a value in the file, against the working directory for a
 value in a mapping or an override (:func:`resolve_paths`). ``output.dir`` is not one of them: a run

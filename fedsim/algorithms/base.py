@@ -93,6 +93,8 @@ class Algorithm:
         # the Byzantine updates in them (they went in as trained): summary.json reports both.
         self.unattacked_sets = 0
         self.unattacked_updates = 0
+        if getattr(self.pool, "availability", None) is not None and self.pool.on_online is None:
+            self.pool.on_online = self.on_client_online  # clients.availability
 
     @property
     def now(self) -> float:
@@ -134,6 +136,15 @@ class Algorithm:
     def on_arrival(self, job: Job) -> None:
         raise NotImplementedError
 
+    def on_client_online(self, client: int) -> None:
+        """A client came online (``clients.availability``; it is idle now). By default an algorithm
+        with a ``concurrency`` refills up to it (asynchronous algorithms keep their concurrency with
+        the online clients and resume after a time with none online); others do nothing (FedAvg's
+        rounds wait on ``pool.wait_idle``)."""
+        concurrency = getattr(self.config, "concurrency", None)
+        if isinstance(concurrency, int) and self.pool.in_flight < concurrency:
+            self.dispatch_idle(concurrency - self.pool.in_flight)
+
     def finish(self) -> None:
         """Called once at the stop: record what the algorithm still holds (nothing by default)."""
 
@@ -152,6 +163,8 @@ class Algorithm:
     # -- helpers shared by every algorithm -------------------------------------------------------------
     def record(self, job: Job, status: str, reason: str = "") -> None:
         """One events row for ``job``; ``reason`` says why when it is rejected or late."""
+        if status == "dropped" and not reason:
+            reason = job.drop_reason  # "offline" when its client went offline
         self.ctx.trace.record_job(job, status, reason)
 
     def staleness(self, job: Job) -> int:

@@ -1,0 +1,298 @@
+"""Client availability (``clients.availability``): when each client is online.
+
+A model answers two questions per client, lazily and in time order: its state at time 0 with the
+time of its first switch (:meth:`Availability.initial`), and, given a switch at ``t`` into a state,
+the time of the next switch (:meth:`Availability.next_switch`); ``inf`` means never. The client
+pool (:class:`fedsim.clients.ClientPool`) keeps one pending switch event per client and applies
+the semantics: an offline client is not idle (never sampled, never dispatched), a client going
+offline loses its running job at that instant (status ``dropped``, reason ``offline``), and a
+client coming online is idle again and the algorithm is told (``Algorithm.on_client_online``).
+
+- ``always``: every client online all the time (the default; the simulator's historical
+  behaviour, byte-identical traces: no pool state, no event, no draw).
+- ``diurnal``: client ``i`` is online on ``[φ_i + kP, φ_i + kP + fP)`` for every integer ``k``
+  (``P = period_s``, ``f = on_fraction``). ``phase: same`` gives every client ``φ_i = offset_s``
+  (one time zone; with the default ``offset_s: 0`` everyone starts online); ``phase: spread``
+  gives ``φ_i = offset_s + U_i · P`` with ``U_i`` uniform on [0, 1) from the seed stream
+  ``availability.phase``.
+- ``markov``: an on/off renewal process per client: online spells drawn from ``online`` and
+  offline spells from ``offline`` (delay laws; exponential by default, which makes it a
+  two-state Markov chain). Each client starts online with the stationary probability
+  ``E[on] / (E[on] + E[off])`` (stream ``availability.markov``); its first spell is a full
+  draw (exact for exponential spells, memoryless; an approximation for other laws). Spells come
+  from the streams ``availability.markov.online`` / ``.offline`` in event order.
+- ``trace``: a CSV file ``client,online_s,offline_s``, one row per online interval (an optional
+  header line, ``#`` comments and blank lines are skipped); overlapping or touching intervals
+  of one client are merged; a client is offline outside its intervals (also after its last
+  one). Simulated client ``i`` follows the trace of the ``(i mod m)``-th distinct client id of
+  the file in increasing order (``m`` ids): round-robin when there are more clients than
+  traces.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from fedsim.config_base import DefaultTag, Period, Section
+from fedsim.errors import ScenarioError
+from fedsim.rng import BlockSampler, SeedStreams
+from fedsim.timing import DelayLaw, ExponentialDelay
+
+INF = math.inf
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration
+
+
+class AlwaysAvailable(Section):
+    """Every client is online all the time (the default)."""
+
+    kind: Literal["always"] = "always"
+    """Selects this variant."""
+
+
+class DiurnalAvailability(Section):
+    """Each client online for one window of every period (a day by default)."""
+
+    kind: Literal["diurnal"] = "diurnal"
+    """Selects this variant."""
+    period_s: Period = 86400.0
+    """Length of the cycle, in simulated seconds."""
+    on_fraction: float = Field(0.5, gt=0, le=1)
+    """Share of each period a client is online (1: always online)."""
+    phase: Literal["same", "spread"] = "same"
+    """Start of each client's window: ``same`` (all at offset_s: one time zone) or ``spread``
+    (offset_s plus a uniform share of the period per client, seed stream availability.phase)."""
+    offset_s: float = Field(0.0, ge=0)
+    """Start of the first window (of every client with phase same), in simulated seconds."""
+
+
+class MarkovAvailability(Section):
+    """Alternating online and offline spells (exponential spells: a two-state Markov chain)."""
+
+    kind: Literal["markov"] = "markov"
+    """Selects this variant."""
+    online: DelayLaw = Field(default_factory=lambda: ExponentialDelay(mean_s=3600.0))
+    """Law of an online spell, in seconds (a delay law; exponential by default)."""
+    offline: DelayLaw = Field(default_factory=lambda: ExponentialDelay(mean_s=3600.0))
+    """Law of an offline spell, in seconds (a delay law; exponential by default)."""
+
+
+class TraceAvailability(Section):
+    """Online intervals read from a CSV file ``client,online_s,offline_s``."""
+
+    kind: Literal["trace"] = "trace"
+    """Selects this variant."""
+    path: str = Field("availability.csv", min_length=1)
+    """CSV file, one row per online interval (relative: to the scenario file's folder).
+    Clients beyond the trace's follow its clients round-robin."""
+
+    def check(self) -> None:
+        """Read the file: a bad one raises a one-line ScenarioError naming the file and line."""
+        read_trace_csv(self.path)
+
+
+AvailabilityConfig = Annotated[
+    AlwaysAvailable | DiurnalAvailability | MarkovAvailability | TraceAvailability,
+    Field(discriminator="kind"),
+    DefaultTag("kind", "always"),
+]
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+
+
+class Availability:
+    """Per-client on/off schedule, generated lazily in time order."""
+
+    def initial(self, client: int) -> tuple[bool, float]:
+        """Whether ``client`` is online at time 0, and the time of its first switch."""
+        raise NotImplementedError
+
+    def next_switch(self, client: int, t: float, online: bool) -> float:
+        """The time of the switch after the one at ``t`` into state ``online``."""
+        raise NotImplementedError
+
+    def online_fraction(self) -> float:
+        """The long-run share of time a client is online (expected)."""
+        raise NotImplementedError
+
+
+class Diurnal(Availability):
+    def __init__(self, config: DiurnalAvailability, n_clients: int, streams: SeedStreams) -> None:
+        self.period = config.period_s
+        self.on_s = config.on_fraction * config.period_s
+        self.off_s = self.period - self.on_s
+        self.fraction = config.on_fraction
+        if config.phase == "spread":
+            u = streams.generator("availability.phase").random(n_clients)
+            self.phase = (config.offset_s + u * self.period).tolist()
+        else:
+            self.phase = [float(config.offset_s)] * n_clients
+
+    def initial(self, client: int) -> tuple[bool, float]:
+        if self.fraction >= 1.0:
+            return True, INF
+        x = (-self.phase[client]) % self.period  # time since the start of the current window
+        if x < self.on_s:
+            return True, self.on_s - x
+        return False, self.period - x
+
+    def next_switch(self, client: int, t: float, online: bool) -> float:
+        return t + (self.on_s if online else self.off_s)
+
+    def online_fraction(self) -> float:
+        return self.fraction
+
+
+class Markov(Availability):
+    def __init__(self, config: MarkovAvailability, n_clients: int, streams: SeedStreams) -> None:
+        on, off = config.online, config.offline
+        self.fraction = on.mean / (on.mean + off.mean)
+        u = streams.generator("availability.markov").random(n_clients)
+        self.state0 = (u < self.fraction).tolist()
+        self._on = BlockSampler(partial(on.sample, streams.generator("availability.markov.online")))
+        self._off = BlockSampler(
+            partial(off.sample, streams.generator("availability.markov.offline"))
+        )
+
+    def initial(self, client: int) -> tuple[bool, float]:
+        online = self.state0[client]
+        return online, self.next_switch(client, 0.0, online)
+
+    def next_switch(self, client: int, t: float, online: bool) -> float:
+        return t + (self._on() if online else self._off())
+
+    def online_fraction(self) -> float:
+        return self.fraction
+
+
+class Trace(Availability):
+    def __init__(self, config: TraceAvailability, n_clients: int) -> None:
+        table = read_trace_csv(config.path)
+        ids = sorted(table)
+        self.horizon = max(end for starts, ends in table.values() for end in ends)
+        # client i → the intervals of the (i mod m)-th trace client (shared lists, not copies)
+        self.starts = [table[ids[i % len(ids)]][0] for i in range(n_clients)]
+        self.ends = [table[ids[i % len(ids)]][1] for i in range(n_clients)]
+
+    def initial(self, client: int) -> tuple[bool, float]:
+        starts, ends = self.starts[client], self.ends[client]
+        i = bisect_right(starts, 0.0) - 1
+        if i >= 0 and ends[i] > 0.0:
+            return True, ends[i]
+        return False, starts[i + 1] if i + 1 < len(starts) else INF
+
+    def next_switch(self, client: int, t: float, online: bool) -> float:
+        starts, ends = self.starts[client], self.ends[client]
+        i = bisect_right(starts, t)
+        if online:
+            return ends[i - 1]
+        return starts[i] if i < len(starts) else INF
+
+    def online_fraction(self) -> float:
+        pairs = zip(self.starts, self.ends, strict=True)
+        total = sum(sum(e - s for s, e in zip(st, en, strict=True)) for st, en in pairs)
+        return total / (len(self.starts) * self.horizon)
+
+
+def build_availability(
+    config: AvailabilityConfig | None, n_clients: int, streams: SeedStreams
+) -> Availability | None:
+    """The model of ``clients.availability``; None for ``always`` (nothing to simulate)."""
+    if config is None or isinstance(config, AlwaysAvailable):
+        return None
+    if isinstance(config, DiurnalAvailability):
+        return Diurnal(config, n_clients, streams)
+    if isinstance(config, MarkovAvailability):
+        return Markov(config, n_clients, streams)
+    if isinstance(config, TraceAvailability):
+        return Trace(config, n_clients)
+    raise TypeError(f"unknown availability {config!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trace file
+
+_KEY = "clients.availability.path"
+
+
+def read_trace_csv(path: str | Path) -> dict[int, tuple[list[float], list[float]]]:
+    """``{client: (starts, ends)}`` from a CSV ``client,online_s,offline_s`` (intervals sorted,
+    overlapping or touching ones merged). A bad file raises a one-line :class:`ScenarioError`
+    naming the file and the line."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ScenarioError(f"file not found: {file}", path=_KEY, value=str(path))
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = " ".join(str(exc).split())
+        raise ScenarioError(f"cannot read {file}: {problem}", path=_KEY, value=str(path)) from None
+    rows: dict[int, list[tuple[float, float]]] = {}
+    first = True
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        if not content:
+            continue
+        fields = [f.strip() for f in content.split(",")]
+        if first and fields and fields[0].lower() == "client":
+            first = False
+            continue  # the header
+        first = False
+
+        def bad(why: str, lineno: int = lineno) -> ScenarioError:
+            return ScenarioError(f"{file} line {lineno}: {why}", path=_KEY, value=str(path))
+
+        if len(fields) != 3:
+            raise bad(f"expected 3 fields client,online_s,offline_s, got {len(fields)}")
+        try:
+            client = int(fields[0])
+        except ValueError:
+            raise bad(f"client must be an integer, got {fields[0]!r}") from None
+        if client < 0:
+            raise bad(f"client must be >= 0, got {client}")
+        try:
+            on, off = float(fields[1]), float(fields[2])
+        except ValueError:
+            raise bad(f"not a number in {content!r}") from None
+        if not (math.isfinite(on) and math.isfinite(off)):
+            raise bad(f"times must be finite, got {content!r}")
+        if on < 0:
+            raise bad(f"online_s must be >= 0, got {on:g}")
+        if off <= on:
+            raise bad(f"offline_s must be > online_s, got {on:g},{off:g}")
+        rows.setdefault(client, []).append((on, off))
+    if not rows:
+        raise ScenarioError(f"{file} holds no intervals", path=_KEY, value=str(path))
+    table: dict[int, tuple[list[float], list[float]]] = {}
+    for client, spans in rows.items():
+        spans.sort()
+        starts: list[float] = []
+        ends: list[float] = []
+        for on, off in spans:
+            if ends and on <= ends[-1]:  # overlapping or touching: one interval
+                ends[-1] = max(ends[-1], off)
+            else:
+                starts.append(on)
+                ends.append(off)
+        table[client] = (starts, ends)
+    return table
+
+
+__all__ = [
+    "AlwaysAvailable",
+    "Availability",
+    "AvailabilityConfig",
+    "DiurnalAvailability",
+    "MarkovAvailability",
+    "TraceAvailability",
+    "build_availability",
+    "read_trace_csv",
+]
