@@ -165,7 +165,6 @@ class TraceWriter:
                 if int(part.stem.split("-")[1]) >= count:
                     part.unlink()
         self._parts = count
-        self.rows = []
 
     def close(self, *, keep_parts: bool = False) -> pd.DataFrame | None:
         """Finish the table: rows in time order, stably sorted by ``sim_time``.
