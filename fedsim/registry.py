@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing
 
+from fedsim.algorithms.server_opt import ServerOptName
 from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.learning.data import DATASETS
 from fedsim.learning.models import MODELS
@@ -48,4 +49,5 @@ def catalogue() -> dict[str, list[str]]:
         "staleness functions": list(
             typing.get_args(StalenessConfig.model_fields["kind"].annotation)
         ),
+        "server optimizers": list(typing.get_args(ServerOptName)),
     }

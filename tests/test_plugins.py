@@ -163,3 +163,14 @@ def test_a_package_entry_point_registers_its_algorithm(tmp_path, small_learning)
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert "buffered_mean (entry point my-fl-algos)" in listing.stdout, listing
+
+
+def test_fedsim_list_names_every_kind(capsys):
+    from fedsim.cli import main
+
+    main(["list"])
+    kinds = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert "ring" in kinds["graphs"] and "metropolis_hastings" in kinds["mixing rules"]
+    assert kinds["staleness functions"] == "constant, polynomial, hinge"
+    assert kinds["server optimizers"] == "sgd, momentum, nesterov, adam, yogi, adagrad"
+    assert kinds["algorithms"].startswith("fedavg, fedasync, fedbuff")
