@@ -20,6 +20,7 @@ TABLES = {
     "benchmarks/results/threads.json": "benchmarks/bench_threads.py",
     "benchmarks/results/trace_memory.json": "benchmarks/bench_trace_memory.py",
     "benchmarks/results/fault_injection.json": "benchmarks/fault_injection.py",
+    "benchmarks/results/checkpoint.json": "benchmarks/bench_checkpoint.py",
     "benchmarks/results/paths.json": "benchmarks/bench_paths.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
