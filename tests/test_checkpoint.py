@@ -22,6 +22,7 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 # Every algorithm that can be checkpointed, on a shipped scenario made short.
 CASES = {
     "fedasync": ("quickstart.yaml", {}),
+    "fedavg": ("fedavg_deadline.yaml", {}),
     "fedbuff": ("fedbuff.yaml", {}),
     "fedbuff_c": ("fedfix_compare.yaml", {"algorithm": {"name": "fedbuff_c"}}),
     "async_fedavg": ("fedfix_compare.yaml", {"algorithm": {"name": "async_fedavg"}}),
@@ -92,9 +93,9 @@ def test_a_stopped_run_resumes_to_the_same_files(tmp_path, name):
 
 
 def test_checkpoints_are_refused_for_an_algorithm_that_cannot_save_its_state():
-    data = yaml.safe_load((SCENARIOS / "fedavg_deadline.yaml").read_text())
+    data = yaml.safe_load((SCENARIOS / "fedfix_compare.yaml").read_text())
     data["output"] = {"checkpoint_every_s": 30.0}
-    with pytest.raises(ScenarioError, match=r"output\.checkpoint_every_s: algorithm fedavg keeps"):
+    with pytest.raises(ScenarioError, match=r"output\.checkpoint_every_s: algorithm fedfix keeps"):
         fedsim.run(data, save=False)
 
 

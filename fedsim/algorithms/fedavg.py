@@ -14,7 +14,6 @@ closed are recorded as ``late``; a round with fewer than ``min_fraction·cohort_
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
 from typing import Any, ClassVar, Literal
 
 import simpy
@@ -69,25 +68,40 @@ class FedAvg(Algorithm):
         self.finished = 0
         self.expected = 0
         self.round_done: simpy.Event | None = None
+        self.round_jobs: list[Job] = []
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    def start(self) -> None:
+        self._await_idle()
+
+    # A round is three callbacks, not a generator process, so that a run can be checkpointed:
+    # wait for an idle client, open the round (dispatch the cohort), close it when the cohort has
+    # reported or at the deadline. Each waits on the same SimPy events the round loop yielded, so
+    # the trace is the loop's.
+    def _await_idle(self) -> None:
+        self.pool.wait_idle().callbacks.append(self._open_round)
+
+    def _open_round(self, _event: simpy.Event) -> None:
         cfg = self.config
         n_select = math.ceil(cfg.cohort_size * (1 + cfg.over_selection) - 1e-9)
-        while True:
-            yield self.pool.wait_idle()
-            self.round += 1
-            self.reports, self.finished = [], 0
-            self.round_done = self.env.event()
-            jobs = self.dispatch_idle(n_select)
-            self.expected = len(jobs)
-            for job in jobs:
-                job.tag = self.round
-            if cfg.deadline_s is None:
-                yield self.round_done
-            else:
-                yield self.round_done | self.env.timeout(cfg.deadline_s)
-            self.round_done = None  # the round is closed: later reports are late
-            self.close_round(jobs)
+        self.round += 1
+        self.reports, self.finished = [], 0
+        self.round_done = self.env.event()
+        jobs = self.dispatch_idle(n_select)
+        self.expected = len(jobs)
+        for job in jobs:
+            job.tag = self.round
+        self.round_jobs = jobs
+        if cfg.deadline_s is None:
+            wait = self.round_done
+        else:
+            wait = self.round_done | self.env.timeout(cfg.deadline_s)
+        wait.callbacks.append(self._close_round)
+
+    def _close_round(self, _event: simpy.Event) -> None:
+        self.round_done = None  # the round is closed: later reports are late
+        jobs, self.round_jobs = self.round_jobs, []
+        self.close_round(jobs)
+        self._await_idle()
 
     def on_arrival(self, job: Job) -> None:
         if self.round_done is None or job.tag != self.round:
