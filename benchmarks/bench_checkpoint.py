@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"stop.time_s": 240.0}
 CASES = {
     "quickstart": SHORT,
+    "fedavg_deadline": SHORT,
+    "byzantine_fedavg": SHORT,
     "fedasync_stragglers": SHORT,
     "fedbuff": SHORT,
     "byzantine_fedbuff": SHORT,
