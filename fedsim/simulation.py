@@ -28,6 +28,7 @@ from fedsim import rundir
 from fedsim.algorithms import ALGORITHMS
 from fedsim.algorithms.base import ServerModel
 from fedsim.algorithms.context import COUNTERS, AlgorithmContext, ClientFacts, ModelFacts
+from fedsim.availability import build_availability
 from fedsim.callbacks import Callbacks, ProgressCallback
 from fedsim.checks import check_runnable
 from fedsim.clients import ClientPool, Job
@@ -152,7 +153,14 @@ class Simulation:
             streams=self.streams,
             extra_multipliers=extra,
         )
-        self.pool = ClientPool(self.env, n_clients, self.timing, self.trainer, self.streams)
+        self.pool = ClientPool(
+            self.env,
+            n_clients,
+            self.timing,
+            self.trainer,
+            self.streams,
+            availability=build_availability(clients.availability, n_clients, self.streams),
+        )
         if self.byzantine is not None and self.byzantine.attack.stage == "data":
             if self.learning and self.data.info.task != "classification":
                 raise ScenarioError(
@@ -608,6 +616,8 @@ class Simulation:
             time.perf_counter() - self._started, event_totals(events_path, events)
         )
         summary["best_accuracy"] = self.best_accuracy(evals)
+        if self.pool.availability is not None:  # seconds with no job in flight (clients offline)
+            summary["idle_s"] = self.pool.idle_s()
         if self.interrupted_by is not None:
             summary["interrupted_by"] = self.interrupted_by
         if self.checkpoints or self.resumed_from is not None:

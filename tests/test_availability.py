@@ -439,3 +439,40 @@ def test_empty_or_missing_trace_file(tmp_path, capsys, text, message):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "bad.csv" in err
+
+
+def test_a_run_takes_its_availability_from_the_scenario_and_resumes_from_a_checkpoint(
+    tmp_path, small_learning
+):
+    """Through fedsim.run (no pool swapped in): offline drops, idle time in the summary, and a
+    run stopped after a checkpoint resumes to the files of a run never stopped."""
+    data = {
+        **small_learning,
+        "stop": {"time_s": 150.0},
+        "clients": {
+            **small_learning["clients"],
+            "availability": {
+                "kind": "markov",
+                "online": {"dist": "exponential", "mean_s": 20.0},
+                "offline": {"dist": "exponential", "mean_s": 10.0},
+            },
+        },
+        "output": {"checkpoint_every_s": 30.0},
+    }
+    whole = fedsim.run(data, out=tmp_path / "whole")
+    rows = whole.events
+    assert (rows["reason"] == "offline").sum() > 0
+    assert "idle_s" in whole.summary
+
+    class Stop:
+        def on_eval(self, *, sim_time):
+            if sim_time >= 70:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(data, out=tmp_path / "stopped", callbacks=[Stop()])
+    resumed = fedsim.run(resume=tmp_path / "stopped")
+    assert resumed.summary["resumed_from_s"] == 60.0
+    assert (tmp_path / "stopped" / "events.parquet").read_bytes() == (
+        tmp_path / "whole" / "events.parquet"
+    ).read_bytes()
