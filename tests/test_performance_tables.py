@@ -1,8 +1,10 @@
-"""Tables in docs/performance.md that come from a results file are the table of that file.
+"""Tables in the docs that come from a results file are the table of that file.
 
 Each entry names the results file under ``benchmarks/results/`` and the benchmark whose ``table()``
-renders it; the rendered table must appear verbatim in docs/performance.md, so a re-run of the
-benchmark without the docs (or a hand-edited figure) fails here.
+renders it; the rendered table must appear verbatim in docs/performance.md (or the page that
+``PAGES`` names: docs/experiments.md for the experiment scripts under benchmarks/experiments/),
+together with the command that wrote the file, so a re-run of the benchmark without the docs (or
+a hand-edited figure) fails here.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ TABLES = {
     "benchmarks/results/fault_injection.json": "benchmarks/fault_injection.py",
     "benchmarks/results/checkpoint.json": "benchmarks/bench_checkpoint.py",
     "benchmarks/results/paths.json": "benchmarks/bench_paths.py",
+    "benchmarks/results/frain_nullifiers.json": "benchmarks/experiments/frain_nullifiers.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
-PAGES = {"benchmarks/results/fault_injection.json": ROOT / "docs" / "validation.md"}
+PAGES = {
+    "benchmarks/results/fault_injection.json": ROOT / "docs" / "validation.md",
+    "benchmarks/results/frain_nullifiers.json": ROOT / "docs" / "experiments.md",
+}
 """Tables that live on another page than docs/performance.md."""
 
 
