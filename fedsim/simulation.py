@@ -8,6 +8,7 @@ any machine and with any trainer backend.
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import math
 import os
@@ -505,6 +506,11 @@ class Simulation:
             raise
         except Exception as exc:  # a failure inside the run: keep what was recorded, then report
             message = f"run failed at simulated time {env.now:.3f}s: {exc!r}"
+            plugin = _plugin_in_traceback(exc, self.algorithm)
+            if plugin is not None:
+                message = (
+                    f"{plugin} raised at simulated time {env.now:.3f}s: {type(exc).__name__}: {exc}"
+                )
             self._finish(error=message)
             raise SimulationError(message) from exc
         keep_parts = False
@@ -664,6 +670,27 @@ def _consensus_errors(targets: list[Any]) -> list[float]:
         for i, d in zip(members, distances, strict=True):
             errors[i] = d
     return errors
+
+
+def _plugin_in_traceback(exc: BaseException, algorithm: Any) -> str | None:
+    """``algorithm plugin NAME (SOURCE)`` when a plugin algorithm's own code raised ``exc``."""
+    from fedsim.plugins import SOURCES
+
+    name = algorithm.name
+    source = SOURCES.get(name, "fedsim")
+    if source == "fedsim":
+        return None
+    files = {
+        inspect.getsourcefile(cls)
+        for cls in type(algorithm).__mro__
+        if cls.__module__ != "builtins" and not cls.__module__.startswith("fedsim.")
+    }
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename in files:
+            return f"algorithm plugin {name} ({source})"
+        frame = frame.tb_next
+    return None
 
 
 def _smallest_duration(data: Any, prefix: str = "") -> tuple[str, float]:

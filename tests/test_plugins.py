@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -174,3 +175,27 @@ def test_fedsim_list_names_every_kind(capsys):
     assert kinds["staleness functions"] == "constant, polynomial, hinge"
     assert kinds["server optimizers"] == "sgd, momentum, nesterov, adam, yogi, adagrad"
     assert kinds["algorithms"].startswith("fedavg, fedasync, fedbuff")
+
+
+def test_a_plugin_that_raises_during_the_run_is_named_and_the_trace_kept(tmp_path, small_learning):
+    (tmp_path / "broken.py").write_text(
+        PLUGIN.read_text()
+        + "\n\nclass Broken(BufferedMean):\n"
+        + "    def on_arrival(self, job):\n"
+        + "        if self.server.version >= 2:\n"
+        + "            raise ValueError('my bug')\n"
+        + "        super().on_arrival(job)\n"
+    )
+    data = {**small_learning, "algorithm": {"name": "broken.py:Broken", "concurrency": 6, "k": 3}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    done = _cli("run", path, "-q", "--no-plots", "--out", "r", cwd=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert (
+        lines[0].startswith("error: algorithm plugin ") and "broken.py:Broken (target)" in lines[0]
+    )
+    assert "raised at simulated time" in lines[0] and lines[0].endswith("ValueError: my bug")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["stop_reason"] == "error" and summary["versions"] == 2
