@@ -244,69 +244,62 @@ REGISTERED_SOURCES: dict[str, dict[str, str]] = {"aggregators": {}, "attacks": {
 """kind → registered name → where it came from (``python``, ``entry point DIST``)."""
 
 
-class RegisteredAggregatorConfig(Section):
+class _RegisteredConfig(Section):
+    """Base of the config of a function registered by name: one subclass per registered name,
+    whose ``kwargs`` are probed on the function at validation."""
+
+    registry: ClassVar[Literal["aggregators", "attacks"]]
+    label: ClassVar[str]
+    name: str = ""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments passed to the function on every call."""
+
+    function_: ClassVar[Callable[..., Any]]
+
+    @classmethod
+    def _stage(cls) -> str:
+        return cls.label
+
+    @field_validator("kwargs")
+    @classmethod
+    def _probe_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _probe(cls._stage(), cls.function_, cls._where(), value)
+        return value
+
+    @classmethod
+    def _where(cls) -> str:
+        name = typing.get_args(cls.model_fields["name"].annotation)[0]
+        source = REGISTERED_SOURCES[cls.registry].get(name, "python")
+        return f"{cls.label} {name!r} ({source})"
+
+    def where(self) -> str:
+        return self._where()
+
+    def function(self) -> Callable[..., Any]:
+        return type(self).function_
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the class is made at registration: pickle the name, look it up again when loaded
+        return (_registered, (self.registry, self.name, self.kwargs))
+
+
+class RegisteredAggregatorConfig(_RegisteredConfig):
     """Base of the config of an aggregator registered by name (one subclass per name)."""
 
-    name: str = ""
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments passed to the function on every call."""
-
-    function_: ClassVar[Callable[..., Any]]
-
-    @field_validator("kwargs")
-    @classmethod
-    def _probe_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _probe("aggregator", cls.function_, cls._where(), value)
-        return value
-
-    @classmethod
-    def _where(cls) -> str:
-        name = typing.get_args(cls.model_fields["name"].annotation)[0]
-        source = REGISTERED_SOURCES["aggregators"].get(name, "python")
-        return f"aggregator {name!r} ({source})"
-
-    def where(self) -> str:
-        return self._where()
-
-    def function(self) -> Callable[..., Any]:
-        return type(self).function_
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # the class is made at registration: pickle the name, look it up again when loaded
-        return (_registered, ("aggregators", self.name, self.kwargs))
+    registry: ClassVar[Literal["aggregators", "attacks"]] = "aggregators"
+    label: ClassVar[str] = "aggregator"
 
 
-class RegisteredAttackConfig(Section):
+class RegisteredAttackConfig(_RegisteredConfig):
     """Base of the config of an attack registered by name (one subclass per name)."""
 
+    registry: ClassVar[Literal["aggregators", "attacks"]] = "attacks"
+    label: ClassVar[str] = "attack"
     stage: ClassVar[Literal["client", "server"]] = "client"
-    name: str = ""
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments passed to the function on every call."""
-
-    function_: ClassVar[Callable[..., Any]]
-
-    @field_validator("kwargs")
-    @classmethod
-    def _probe_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _probe(cls.stage, cls.function_, cls._where(), value)
-        return value
 
     @classmethod
-    def _where(cls) -> str:
-        name = typing.get_args(cls.model_fields["name"].annotation)[0]
-        source = REGISTERED_SOURCES["attacks"].get(name, "python")
-        return f"attack {name!r} ({source})"
-
-    def where(self) -> str:
-        return self._where()
-
-    def function(self) -> Callable[..., Any]:
-        return type(self).function_
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # the class is made at registration: pickle the name, look it up again when loaded
-        return (_registered, ("attacks", self.name, self.kwargs))
+    def _stage(cls) -> str:
+        return cls.stage
 
 
 def _registered(kind: str, name: str, kwargs: dict[str, Any]) -> Section:
