@@ -7,7 +7,7 @@ exactly ``T_i`` simulated seconds. With ``clients.heterogeneity: linear`` (clien
     T_0 = 2 × 1.00 = 2.0 s      T_1 = 2 × 0.75 = 1.5 s      T_2 = 2 × 0.50 = 1.0 s
 
 (all exact in binary floating point, so are their sums). Each expected trace below is derived by hand
-from the algorithm's rules (/work/shared/ALGORITHMS.md §3.1–3.3 and the algorithm's module) and the
+from the algorithm's rules (shared/ALGORITHMS.md §3.1–3.3 and the algorithm's module) and the
 simulator's conventions, not copied from a run:
 
 - a row's ``sim_time`` is when the job's outcome happened (its arrival; for ``cancelled`` and
