@@ -6,7 +6,7 @@ With ``--baseline SRC`` the same runs are made with another checkout's ``fedsim`
 worktree of the commit before the on-disk merge), so the ratio is measured in one sitting.
 
     python benchmarks/bench_trace_memory.py --out benchmarks/results/trace_memory.json \
-        --baseline /tmp/fedsim-before
+        --baseline BEFORE_CHECKOUT   # e.g. a git worktree of d92ad09
     python benchmarks/bench_trace_memory.py --table benchmarks/results/trace_memory.json
 """
 
