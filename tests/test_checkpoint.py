@@ -25,6 +25,7 @@ CASES = {
     "fedavg": ("fedavg_deadline.yaml", {}),
     "fedbuff": ("fedbuff.yaml", {}),
     "fedbuff_c": ("fedfix_compare.yaml", {"algorithm": {"name": "fedbuff_c"}}),
+    "fedfix": ("fedfix_compare.yaml", {}),
     "async_fedavg": ("fedfix_compare.yaml", {"algorithm": {"name": "async_fedavg"}}),
     "frain": ("frain_nullifiers.yaml", {}),
     "brain": ("frain_nullifiers.yaml", {"algorithm.name": "brain", "-": ("merge", "adaptive")}),
@@ -92,11 +93,43 @@ def test_a_stopped_run_resumes_to_the_same_files(tmp_path, name):
         _same_files(out, tmp_path / "whole")
 
 
-def test_checkpoints_are_refused_for_an_algorithm_that_cannot_save_its_state():
-    data = yaml.safe_load((SCENARIOS / "fedfix_compare.yaml").read_text())
-    data["output"] = {"checkpoint_every_s": 30.0}
-    with pytest.raises(ScenarioError, match=r"output\.checkpoint_every_s: algorithm fedfix keeps"):
+WAITING_ALGORITHM = """
+from typing import Literal
+from fedsim.algorithms.base import Algorithm
+from fedsim.config_base import Section
+
+
+class WaitsConfig(Section):
+    name: Literal["waits"] = "waits"
+
+
+class Waits(Algorithm):
+    \"\"\"Keeps its state in a generator process: one update per 5 simulated seconds.\"\"\"
+
+    name = "waits"
+    config_class = WaitsConfig
+
+    def run(self):
+        while True:
+            yield self.env.timeout(5.0)
+            self.publish(None)
+
+    def on_arrival(self, job):
+        self.record(job, "applied")
+"""
+
+
+def test_checkpoints_are_refused_for_an_algorithm_that_cannot_save_its_state(tmp_path):
+    (tmp_path / "waits.py").write_text(WAITING_ALGORITHM)
+    data = _scenario("fedasync")
+    data["algorithm"] = {"name": f"{tmp_path / 'waits.py'}:Waits"}
+    data["training"] = "none"
+    with pytest.raises(
+        ScenarioError, match=r"output\.checkpoint_every_s: algorithm .*waits\.py:Waits keeps"
+    ):
         fedsim.run(data, save=False)
+    data["output"] = {}
+    assert fedsim.run(data, save=False).summary["versions"] == 24  # it runs without checkpoints
 
 
 def test_a_damaged_checkpoint_is_one_line(tmp_path):

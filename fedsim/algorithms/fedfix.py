@@ -14,8 +14,7 @@ publishes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import simpy
 from pydantic import PositiveFloat
@@ -58,16 +57,20 @@ class FedFix(FraboniAlgorithm):
         self.tick = 0
         self.returned: list[Job] = []
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    # The tick loop is a callback on each tick's event, not a generator process, so that a run can
+    # be checkpointed (the same events in the same order: the trace is the loop's).
+    def start(self) -> None:
         for job in self.start_everyone():
             job.tag = 0  # the tick it started at
-        while True:
-            yield self._at(self.tick + 1)
-            self.tick += 1
-            returned, self.returned = self.returned, []
-            self.server_step(returned)
-            for job in self.restart_idle():
-                job.tag = self.tick
+        self._at(self.tick + 1).callbacks.append(self._on_tick)
+
+    def _on_tick(self, _event: simpy.Event) -> None:
+        self.tick += 1
+        returned, self.returned = self.returned, []
+        self.server_step(returned)
+        for job in self.restart_idle():
+            job.tag = self.tick
+        self._at(self.tick + 1).callbacks.append(self._on_tick)
 
     def _at(self, n: int) -> simpy.Event:
         """An event at exactly ``n·Δt`` (``now + (nΔt − now)`` is exact: ``now`` is the last tick)."""
