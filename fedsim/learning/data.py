@@ -36,6 +36,7 @@ from fedsim.learning.partition import (
     Partition,
     make_partition,
 )
+from fedsim.learning.synthetic import SyntheticFedProx, generate
 from fedsim.learning.user_data import (
     OWNERS,
     Dataset,
@@ -53,6 +54,7 @@ DatasetName = Literal[
     "digits",
     "synthetic_classification",
     "synthetic_regression",
+    "synthetic_fedprox",
     "mnist1d",
     "mnist_idx",
     "fashion_mnist_idx",
@@ -134,7 +136,8 @@ class DataConfig(Section):
 
     dataset: DatasetName = "digits"
     """Dataset name: digits (scikit-learn's 8x8 handwritten digits, 1797 samples, ships offline),
-    synthetic_classification, synthetic_regression (generated from the seed), mnist1d (generated
+    synthetic_classification, synthetic_regression, synthetic_fedprox (FedProx's Synthetic(α, β);
+    generated from the seed), mnist1d (generated
     offline by the mnist1d package, cached), mnist_idx, fashion_mnist_idx (IDX files under path),
     cifar10 (the python pickles under path), npz (your own arrays in the .npz file path), import
     (your own loader, data.target), memory (the arrays passed to fedsim.run(data=...); fedsim.run
@@ -167,6 +170,8 @@ class DataConfig(Section):
     """Parameters of the synthetic_classification dataset (ignored by the others)."""
     synthetic_regression: SyntheticRegression = Field(default_factory=SyntheticRegression)
     """Parameters of the synthetic_regression dataset (ignored by the others)."""
+    synthetic_fedprox: SyntheticFedProx = Field(default_factory=SyntheticFedProx)
+    """Parameters of the synthetic_fedprox dataset (ignored by the others)."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -318,6 +323,11 @@ def _synthetic_classification(config: DataConfig, n_clients: int, streams: SeedS
     y = rng.integers(cfg.n_classes, size=cfg.n_samples)
     x = means[y] + cfg.noise * rng.standard_normal((cfg.n_samples, d)) + offsets[owners]
     return RawData(x.astype(np.float32), y.astype(np.int64), owners=owners)
+
+
+def _synthetic_fedprox(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawData:
+    split = generate(config.synthetic_fedprox, n_clients, streams, config.test_fraction)
+    return RawData(split.x_train, split.y_train, split.x_test, split.y_test, owners=split.owners)
 
 
 def regression_w_star(cfg: SyntheticRegression, streams: SeedStreams) -> np.ndarray:
@@ -769,6 +779,10 @@ DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {
         DatasetInfo("synthetic_regression", 1, 1, task="regression", has_owners=True),
         _synthetic_regression,
     ),
+    "synthetic_fedprox": (
+        DatasetInfo("synthetic_fedprox", 60, 10, has_owners=True),
+        _synthetic_fedprox,
+    ),
     "mnist1d": (DatasetInfo("mnist1d", 40, 10), _mnist1d),
     "mnist_idx": (DatasetInfo("mnist_idx", 784, 10, (1, 28, 28)), _idx),
     "fashion_mnist_idx": (DatasetInfo("fashion_mnist_idx", 784, 10, (1, 28, 28)), _idx),
@@ -815,6 +829,9 @@ def dataset_info(
     if dataset.dataset == "synthetic_regression":
         d = dataset.synthetic_regression.n_features
         return DatasetInfo(info.name, d, 1, task="regression", has_owners=True)
+    if dataset.dataset == "synthetic_fedprox":
+        cfg_fp = dataset.synthetic_fedprox
+        return DatasetInfo(info.name, cfg_fp.n_features, cfg_fp.n_classes, has_owners=True)
     return info
 
 
@@ -888,6 +905,8 @@ def check_data(
         )
         _check_cache_dir(cache, given=bool(config.cache_dir))
         n_train = MNIST1D_TRAIN
+    elif name == "synthetic_fedprox":
+        n_train = n_clients  # at least: every client keeps a training sample (sizes are drawn)
     else:
         n = {
             "digits": 1797,

@@ -69,8 +69,8 @@ class QuantitySkewPartition(Section):
 class NaturalPartition(Section):
     """The dataset's own owners: client i holds the samples generated for (or written by) client i.
 
-    Only for datasets that have owners: ``synthetic_classification`` and ``synthetic_regression``
-    generate each client's samples separately (with its own feature shift); ``npz``, ``import``
+    Only for datasets that have owners: ``synthetic_classification``, ``synthetic_regression`` and
+    ``synthetic_fedprox`` generate each client's samples separately; ``npz``, ``import``
     and ``memory`` data with ``owner_train`` name the client of every training sample.
     """
 
