@@ -22,6 +22,7 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 # Every algorithm that can be checkpointed, on a shipped scenario made short.
 CASES = {
     "fedasync": ("quickstart.yaml", {}),
+    "dfl": ("dfl_toy.yaml", {}),
     "fedavg": ("fedavg_deadline.yaml", {}),
     "fedbuff": ("fedbuff.yaml", {}),
     "fedbuff_c": ("fedfix_compare.yaml", {"algorithm": {"name": "fedbuff_c"}}),
@@ -46,7 +47,8 @@ def _scenario(name: str) -> dict:
             data[key] = value
     data["stop"] = {"time_s": 120.0}
     data["eval"] = {"every_s": 10.0}
-    data.setdefault("clients", {})["count"] = min(data["clients"].get("count", 100), 40)
+    if "topology" not in data:  # with one, the topology says how many clients
+        data.setdefault("clients", {})["count"] = min(data["clients"].get("count", 100), 40)
     data["output"] = {"checkpoint_every_s": 25.0, "flush_rows": 64}
     return data
 

@@ -19,9 +19,9 @@ are left out of their server's average; a server that heard from no client keeps
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any, Literal
 
+import numpy as np
 import simpy
 import torch
 from pydantic import NonNegativeInt, PositiveInt
@@ -62,36 +62,67 @@ class DFL(MultiServerAlgorithm):
         self._reports: dict[int, list[Job]] = {}
         self._waiting = 0
         self._epoch_done: simpy.Event | None = None
+        self._models: list[torch.Tensor | None] = []
+        """The servers' models during the consensus steps of an epoch."""
+        self._steps = 0
+        self._W: np.ndarray | None = None
+        self._inbox: list[dict[int, Any]] = []
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
-        cfg = self.config
+    # An epoch is callbacks on the same SimPy events the epoch loop waited on (so the trace is the
+    # loop's), with its progress in attributes, so that a run can be checkpointed: open the epoch
+    # (dispatch every client), close it when all reported (aggregate), then the consensus steps,
+    # each resumed when its messages have arrived.
+    def start(self) -> None:
+        self._open_epoch()
+
+    def _open_epoch(self) -> None:
+        """Client period: every client of every server trains T_C steps from its server's model."""
         n = len(self.servers)
-        while True:
-            # Client period: every client of every server trains T_C steps from its server's model.
-            self._reports = {s: [] for s in range(n)}
-            self._epoch_done = self.env.event()
-            self._waiting = 0
-            for s in range(n):
-                for client in self.clients_of[s]:
-                    self.dispatch_to(client, self.servers[s].params, server=s)
-                    self._waiting += 1
-            yield self._epoch_done
-            models = [self._aggregate(s) for s in range(n)]
-            self._reports = {}
-            for s, z in enumerate(models):
-                self.publish_to(s, z)
-            # Server period: T_S consensus steps over the links.
-            for _ in range(cfg.consensus_steps):
-                W = self.mixing()
-                inbox = yield from self.exchange(models)
-                if self.learning:
-                    models = self.mix(models, received_mixing(W, inbox))
-                for s, z in enumerate(models):
-                    self.publish_to(s, z)
-            self.epoch += 1
-            if cfg.epochs is not None and self.epoch >= cfg.epochs:
-                self.ctx.trace.stop("epochs")
+        self._reports = {s: [] for s in range(n)}
+        self._epoch_done = self.env.event()
+        self._waiting = 0
+        for s in range(n):
+            for client in self.clients_of[s]:
+                self.dispatch_to(client, self.servers[s].params, server=s)
+                self._waiting += 1
+        self._epoch_done.callbacks.append(self._close_epoch)
+
+    def _close_epoch(self, _event: simpy.Event) -> None:
+        models = [self._aggregate(s) for s in range(len(self.servers))]
+        self._reports = {}
+        for s, z in enumerate(models):
+            self.publish_to(s, z)
+        self._models, self._steps = models, 0
+        self._consensus()
+
+    def _consensus(self) -> None:
+        """Server period: T_S consensus steps over the links, then the next epoch."""
+        cfg = self.config
+        while self._steps < cfg.consensus_steps:
+            self._W = self.mixing()
+            self._inbox, arrived = self.start_exchange(self._models)
+            if arrived is not None:
+                arrived.callbacks.append(self._step_arrived)
                 return
+            self._mix_step()
+        self.epoch += 1
+        if cfg.epochs is not None and self.epoch >= cfg.epochs:
+            self.ctx.trace.stop("epochs")
+            return
+        self._open_epoch()
+
+    def _step_arrived(self, _event: simpy.Event) -> None:
+        self._mix_step()
+        self._consensus()
+
+    def _mix_step(self) -> None:
+        """One consensus step with the messages that arrived (W: the mixing matrix at sending)."""
+        if self.learning:
+            self._models = self.mix(self._models, received_mixing(self._W, self._inbox))
+        self._inbox = []
+        for s, z in enumerate(self._models):
+            self.publish_to(s, z)
+        self._steps += 1
 
     def _aggregate(self, server: int) -> torch.Tensor | None:
         """``z_i ← Σ_j q_ij w_ij`` over the server's clients that reported (in float64)."""

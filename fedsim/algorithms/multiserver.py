@@ -16,6 +16,7 @@ A message over a link that is down (or to/from a server that is down) at send ti
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -125,24 +126,46 @@ class MultiServerAlgorithm(Algorithm):
         if not self.link_up(sender, receiver):
             return None
         nbytes = self.model_bytes if nbytes is None else int(nbytes)
-        sent_at = self.now
         event = self.env.timeout(self.topology.link_delay_s(nbytes), value=payload)
-
-        def delivered(_event: simpy.Event) -> None:
-            self.ctx.trace.record_message(sender, receiver, nbytes, sent_at)
-            if on_delivery is not None:
-                on_delivery(payload)
-
-        event.callbacks.append(delivered)
+        # A partial of a method, not a closure: the queue of a checkpointed run is pickled.
+        event.callbacks.append(
+            partial(self._delivered, sender, receiver, nbytes, self.now, on_delivery)
+        )
         return event
+
+    def _delivered(
+        self,
+        sender: int,
+        receiver: int,
+        nbytes: int,
+        sent_at: float,
+        on_delivery: Callable[[Any], None] | None,
+        event: simpy.Event,
+    ) -> None:
+        self.ctx.trace.record_message(sender, receiver, nbytes, sent_at)
+        if on_delivery is not None:
+            on_delivery(event.value)
 
     def exchange(
         self, models: list[torch.Tensor | None], nbytes: int | None = None
     ) -> Generator[simpy.Event, Any, list[dict[int, Any]]]:
+        """One gossip step as a SimPy sub-process of a generator ``run()``
+        (``inbox = yield from self.exchange(models)``): it waits until every message of the step has
+        arrived and returns, per server, ``{sender: model}`` received. A run whose algorithm waits
+        in a generator cannot be checkpointed: the built-in ones use :meth:`start_exchange`."""
+        inbox, arrived = self.start_exchange(models, nbytes)
+        if arrived is not None:
+            yield arrived
+        return inbox
+
+    def start_exchange(
+        self, models: list[torch.Tensor | None], nbytes: int | None = None
+    ) -> tuple[list[dict[int, Any]], simpy.Event | None]:
         """One gossip step: every up server sends its model to each reachable neighbour.
 
-        A SimPy sub-process (``inbox = yield from self.exchange(models)``): it waits until every
-        message of the step has arrived and returns, per server, ``{sender: model}`` received.
+        Returns, per server, the ``{sender: model}`` it receives (filled as the messages arrive)
+        and the event of the last arrival (None when nothing could be sent): the caller goes on
+        in a callback of that event (no generator process, so that a run can be checkpointed).
         """
         inbox: list[dict[int, Any]] = [{} for _ in self.servers]
         pending = []
@@ -151,11 +174,9 @@ class MultiServerAlgorithm(Algorithm):
             for j in self.topology.neighbours(i, W):
                 event = self.send(i, j, models[i], nbytes)
                 if event is not None:
-                    event.callbacks.append(lambda e, i=i, j=j: inbox[j].__setitem__(i, e.value))
+                    event.callbacks.append(partial(_put, inbox[j], i))
                     pending.append(event)
-        if pending:
-            yield self.env.all_of(pending)
-        return inbox
+        return inbox, (self.env.all_of(pending) if pending else None)
 
     def mix(self, models: list[torch.Tensor], W: np.ndarray | None = None) -> list[torch.Tensor]:
         """``z_i ← Σ_k W_ik z_k`` for every server (one consensus step, in float64 then cast back)."""
@@ -170,3 +191,8 @@ class MultiServerAlgorithm(Algorithm):
             self.ctx.trace.count("rejected_models")
             return
         self.servers[server].publish(params)
+
+
+def _put(inbox: dict[int, Any], sender: int, event: simpy.Event) -> None:
+    """Store a delivered message in its receiver's inbox (a partial: picklable)."""
+    inbox[sender] = event.value
