@@ -111,8 +111,10 @@ def check_runnable(scenario: Any, data: Any = None) -> None:
 
     Checks the memory the clients and the model need, opens the dataset's files and reads their
     headers (sizes, shapes, label ranges; not the images), compares the training samples with the
-    clients, and builds the topology (graph and mixing files, connectivity). ``data`` is the
-    :class:`fedsim.Dataset` passed to ``fedsim.run(data=...)``, if any (checked in its place).
+    clients, draws the partition from the labels as the run will (a Dirichlet draw that leaves a
+    client short fails here, not after the files are loaded), and builds the topology (graph and
+    mixing files, connectivity). ``data`` is the :class:`fedsim.Dataset` passed to
+    ``fedsim.run(data=...)``, if any (checked in its place).
 
     Each problem names ``FILE:LINE:`` of its key when the scenario was read from a file (or the
     ``--set`` that gave it), as validation errors do (:meth:`Scenario.locate_error`).
@@ -133,10 +135,10 @@ def _check_runnable(scenario: Any, data: Any) -> None:
 
     check_training_path(scenario, data)
     check_memory(scenario, model_nbytes(scenario, data) if scenario.training is not None else 0)
+    streams = SeedStreams(scenario.seed if scenario.seed is not None else 0)
     if scenario.training is not None:
-        check_data(scenario.data, scenario.clients.count, data)
+        check_data(scenario.data, scenario.clients.count, data, streams=streams)
     if scenario.topology is not None:
         from fedsim.topology import build_topology
 
-        seed = scenario.seed if scenario.seed is not None else 0
-        build_topology(scenario.topology, SeedStreams(seed).generator("topology.graph"))
+        build_topology(scenario.topology, streams.generator("topology.graph"))

@@ -892,3 +892,194 @@ def test_fedasync_attacks_each_arrival_and_refuses_one_with_nothing_to_imitate(s
 def test_no_unattacked_counters_without_a_server_side_attack(small_learning):
     summary = _attacked_run(small_learning, {"name": "fedavg", "cohort_size": 2}, "sign_flip")
     assert "byzantine_unattacked_sets" not in summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Partitions that cannot be drawn: `fedsim validate` draws the run's partition from the labels
+
+
+def _validate_and_run_refuse(path: Path, tmp_path: Path, capsys) -> str:
+    """``fedsim validate`` and ``fedsim run`` both exit 2 with the same one line; return it."""
+    line = _one_line_error(["validate", str(path)], capsys)
+    out = tmp_path / "run"
+    assert _one_line_error(["run", str(path), "--out", str(out), "-q"], capsys) == line
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.Simulation(fedsim.load_scenario(path), device="cpu")
+    assert str(info.value) == line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("partition", "clients", "expected"),
+    [
+        (
+            "{kind: dirichlet, alpha: 0.05, min_samples: 60}",
+            20,
+            "data.partition.alpha: could not give every one of 20 clients 60 samples in 1000 "
+            "draws; raise alpha, lower clients.count or min_samples",
+        ),
+        (
+            "{kind: quantity_skew, min_samples: 80}",
+            20,
+            "data.partition.min_samples: 20 clients × 80 samples need more than the 1438 "
+            "training samples",
+        ),
+    ],
+)
+def test_partition_that_cannot_be_drawn_is_refused_by_validate(
+    tmp_path, capsys, partition, clients, expected
+):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"clients: {{count: {clients}}}\ndata: {{partition: {partition}}}\n")
+    assert _validate_and_run_refuse(path, tmp_path, capsys) == f"{path}:2: {expected}"
+
+
+def test_shards_validate_agrees_with_the_run_at_the_boundary(tmp_path, capsys):
+    """With one class per client, 10·m clients give every class m holders, where m is the
+    smallest class in the run's training split (read from an IID run): that fits; 10·m + 10 give
+    every class m + 1 holders, one more than the smallest class has samples."""
+    import numpy as np
+
+    iid = fedsim.Simulation(
+        fedsim.load_scenario({"data": {"partition": {"kind": "iid"}}}), device="cpu"
+    )
+    counts = np.bincount(iid.data.y_train.numpy(), minlength=10)
+    m, smallest = int(counts.min()), int(counts.argmin())
+    text = "clients: {{count: {n}}}\ndata: {{partition: {{kind: shards, classes_per_client: 1}}}}\n"
+    fits = tmp_path / "fits.yaml"
+    fits.write_text(text.format(n=10 * m))
+    code, out, err = _cli(["validate", str(fits)], capsys)
+    assert code == 0 and out.startswith("ok: "), err
+    sim = fedsim.Simulation(fedsim.load_scenario(fits), device="cpu")
+    assert min(len(ix) for ix in sim.data.client_indices) >= 1
+    short = tmp_path / "short.yaml"
+    short.write_text(text.format(n=10 * m + 10))
+    line = _validate_and_run_refuse(short, tmp_path, capsys)
+    assert line.startswith(f"{short}:2: data.partition.classes_per_client: class ")
+    assert f"has {m} training samples for {m + 1} clients" in line
+    assert line.startswith(f"{short}:2: data.partition.classes_per_client: class {smallest} ")
+
+
+# ---------------------------------------------------------------------------------------------------
+# CIFAR-10 batches: exact counts and labels read by validate, nothing but arrays unpickled
+
+
+def _cifar(folder: Path, sizes=(4, 4, 4, 4, 4, 3), *, protocol: int = 2, seed: int = 0):
+    """Fake CIFAR-10 python batches (the real format: a dict of a uint8 ``[n, 3072]`` array and a
+    list of labels); return the training images and labels written."""
+    import pickle
+
+    import numpy as np
+
+    from fedsim.learning.data import CIFAR10_FILES
+
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for name, n in zip(CIFAR10_FILES, sizes, strict=True):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+        xs.append(data)
+        ys.append(labels)
+    return np.concatenate(xs[:-1]), np.concatenate(ys[:-1])
+
+
+CIFAR = (
+    "data: {{dataset: cifar10, path: {path}, partition: {{kind: iid}}}}\nclients: {{count: {n}}}\n"
+)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_exact_sample_count_and_arrays(tmp_path, capsys, protocol):
+    """validate counts the training images exactly (3 + 5 + 1 + 7 + 2 = 18): 18 clients pass,
+    19 are refused; the run reads the same images and labels that were written."""
+    import numpy as np
+
+    from fedsim.learning.data import CIFAR10_MEAN, CIFAR10_STD
+
+    x, y = _cifar(tmp_path, (3, 5, 1, 7, 2, 4), protocol=protocol)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(CIFAR.format(path=tmp_path, n=18))
+    code, out, err = _cli(["validate", str(ok)], capsys)
+    assert code == 0 and out.startswith("ok: "), err
+    sim = fedsim.Simulation(fedsim.load_scenario(ok), device="cpu")
+    assert np.array_equal(sim.data.y_train.numpy(), y)
+    pixels = sim.data.x_train.numpy() * CIFAR10_STD[:, None, None] + CIFAR10_MEAN[:, None, None]
+    np.testing.assert_allclose(pixels.reshape(18, 3072) * 255, x, atol=1e-3)
+    assert len(sim.data.y_test) == 4
+    too_many = tmp_path / "many.yaml"
+    too_many.write_text(CIFAR.format(path=tmp_path, n=19))
+    line = _validate_and_run_refuse(too_many, tmp_path, capsys)
+    assert line == (
+        f"{too_many}:2: clients.count: 19 clients for the 18 training samples of cifar10: "
+        "every client needs at least one"
+    )
+
+
+def test_cifar_random_bytes_that_start_like_a_pickle(tmp_path, capsys):
+    import numpy as np
+
+    _cifar(tmp_path)
+    batch = tmp_path / "data_batch_3"
+    batch.write_bytes(b"\x80\x02" + np.random.default_rng(2).bytes(3000))
+    path = tmp_path / "c.yaml"
+    path.write_text(CIFAR.format(path=tmp_path, n=2))
+    line = _validate_and_run_refuse(path, tmp_path, capsys)
+    assert line.startswith(
+        f"{path}:1: data.path: {batch} is not a CIFAR-10 batch (cannot unpickle it: "
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("labels", " holds 4 images but 3 labels"),
+        ("range", ": label 10 at index 0 is outside 0..9"),
+        ("shape", ": data is not a list of 3×32×32 images with integer labels"),
+    ],
+)
+def test_cifar_batch_contents_checked_by_validate(tmp_path, capsys, damage, expected):
+    import pickle
+
+    import numpy as np
+
+    _cifar(tmp_path)
+    batch = tmp_path / "test_batch"
+    data = np.zeros((4, 3072 if damage != "shape" else 3000), dtype=np.uint8)
+    labels = {"labels": [1, 2, 3], "range": [10, 1, 2, 3]}.get(damage, [1, 2, 3, 4])
+    batch.write_bytes(pickle.dumps({b"data": data, b"labels": labels}, protocol=2))
+    path = tmp_path / "c.yaml"
+    path.write_text(CIFAR.format(path=tmp_path, n=2))
+    line = _validate_and_run_refuse(path, tmp_path, capsys)
+    assert line == f"{path}:1: data.path: {batch}{expected}"
+
+
+class _Planted:
+    """Unpickling this calls ``shutil.copyfile``: a batch must never be allowed to run code."""
+
+    def __init__(self, source: Path, target: Path) -> None:
+        self.source, self.target = source, target
+
+    def __reduce__(self):
+        import shutil
+
+        return (shutil.copyfile, (str(self.source), str(self.target)))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, capsys):
+    import pickle
+
+    _cifar(tmp_path)
+    planted = tmp_path / "planted"
+    batch = tmp_path / "data_batch_1"
+    payload = {b"data": _Planted(tmp_path / "test_batch", planted), b"labels": []}
+    batch.write_bytes(pickle.dumps(payload, protocol=2))
+    path = tmp_path / "c.yaml"
+    path.write_text(CIFAR.format(path=tmp_path, n=2))
+    line = _validate_and_run_refuse(path, tmp_path, capsys)
+    assert line == (
+        f"{path}:1: data.path: {batch} is not a CIFAR-10 batch (cannot unpickle it: refers to "
+        "shutil.copyfile, which a batch never does)"
+    )
+    assert not planted.exists()

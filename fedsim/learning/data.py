@@ -46,6 +46,7 @@ from fedsim.learning.user_data import (
     import_dataset,
     in_memory_data,
     load_npz,
+    read_npz_arrays,
     resolve_path,
 )
 from fedsim.rng import SeedStreams
@@ -243,6 +244,17 @@ class RawData:
     owners: np.ndarray | None = None
     """The client each sample was generated for (``natural`` partition), or None."""
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainLabels:
+    """What a partition reads, known without the samples: the labels (and owners) of the samples
+    the clients split. ``split``: the test set is still to be drawn from them (no own test set)."""
+
+    y: np.ndarray
+    owners: np.ndarray | None = None
+    split: bool = False
+    task: Literal["classification", "regression"] = "classification"
 
 
 Loader = Callable[[DataConfig, int, SeedStreams], RawData]
@@ -601,8 +613,109 @@ def _check_pickle(file: Path) -> None:
         )
 
 
-CIFAR10_BYTES_PER_IMAGE = 3 * 32 * 32 + 1
-"""A pickled CIFAR-10 batch holds about this many bytes per image (pixels and label)."""
+_CIFAR_GLOBALS = {
+    ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    *(
+        (f"numpy.{core}.multiarray", name)
+        for core in ("core", "_core")
+        for name in ("_reconstruct", "scalar")
+    ),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+}
+"""The only globals a CIFAR-10 batch refers to (NumPy arrays): unpickling anything else, which
+could run arbitrary code, is refused."""
+
+
+class _ArrayHeader:
+    """Stands in for a pickled NumPy array when only its shape is wanted (``fedsim validate``)."""
+
+    def __init__(self, shape: tuple[int, ...] = (0,)) -> None:
+        self.shape = tuple(int(d) for d in shape)
+
+    def __setstate__(self, state: tuple) -> None:  # (version, shape, dtype, is_fortran, raw)
+        self.shape = tuple(int(d) for d in state[1])
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch and nothing else; with ``arrays=False`` arrays stay headers."""
+
+    def __init__(self, file: Any, *, arrays: bool) -> None:
+        super().__init__(file, encoding="bytes")
+        self.arrays = arrays
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which a batch never does")
+        if not self.arrays and name == "_reconstruct":
+            return lambda _cls, shape, _code: _ArrayHeader(shape)
+        if not self.arrays and name == "_frombuffer":
+            return lambda _buffer, _dtype, shape, _order: _ArrayHeader(shape)
+        return super().find_class(module, name)
+
+
+CIFAR10_IMAGE = 3 * 32 * 32
+"""Values per CIFAR-10 image (3 channels of 32×32 pixels)."""
+
+
+def _cifar_batch(file: Path, *, arrays: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """A CIFAR-10 batch's images ``[n, 3, 32, 32]`` (None unless ``arrays``) and labels, checked.
+
+    ``fedsim validate`` reads batches with ``arrays=False``: the labels and the images' shape,
+    never an array of pixels, so it knows the exact number of samples and gives the same one-line
+    errors as the run."""
+    _check_pickle(file)
+    try:
+        with open(file, "rb") as f:
+            batch = _CifarUnpickler(f, arrays=arrays).load()
+    except Exception as exc:  # a damaged pickle raises almost anything
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        raise ScenarioError(
+            f"{file} is not a CIFAR-10 batch (cannot unpickle it: {problem})",
+            path="data.path",
+            value=str(file),
+        ) from None
+    if not isinstance(batch, dict):
+        raise ScenarioError(
+            f"{file} is not a CIFAR-10 batch (holds a {type(batch).__name__}, not a dict)",
+            path="data.path",
+            value=str(file),
+        )
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if data is None or labels is None:
+        raise ScenarioError(
+            f"{file} is not a CIFAR-10 batch (no data/labels)", path="data.path", value=str(file)
+        )
+    try:
+        y = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if isinstance(data, _ArrayHeader):
+            if data.size % CIFAR10_IMAGE:
+                raise ValueError
+            x, n_images = None, data.size // CIFAR10_IMAGE
+        else:
+            x = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+            n_images = len(x)
+    except (ValueError, TypeError, OverflowError):
+        raise ScenarioError(
+            f"{file}: data is not a list of 3×32×32 images with integer labels",
+            path="data.path",
+            value=str(file),
+        ) from None
+    if n_images != len(y):
+        raise ScenarioError(
+            f"{file} holds {n_images} images but {len(y)} labels",
+            path="data.path",
+            value=str(file),
+        )
+    _check_labels(y, file)
+    return x, y
+
 
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
@@ -613,45 +726,7 @@ def _cifar10(config: DataConfig, n_clients: int, streams: SeedStreams) -> RawDat
     files = _find(Path(config.path), ("cifar-10-batches-py",), CIFAR10_FILES, gz=False)
     xs, ys = [], []
     for file in files:
-        _check_pickle(file)
-        try:
-            with open(file, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-        except Exception as exc:  # a damaged pickle raises almost anything
-            problem = " ".join(str(exc).split()) or type(exc).__name__
-            raise ScenarioError(
-                f"{file} is not a CIFAR-10 batch (cannot unpickle it: {problem})",
-                path="data.path",
-                value=str(file),
-            ) from None
-        if not isinstance(batch, dict):
-            raise ScenarioError(
-                f"{file} is not a CIFAR-10 batch (holds a {type(batch).__name__}, not a dict)",
-                path="data.path",
-                value=str(file),
-            )
-        data = batch.get(b"data", batch.get("data"))
-        labels = batch.get(b"labels", batch.get("labels"))
-        if data is None or labels is None:
-            raise ScenarioError(
-                f"{file} is not a CIFAR-10 batch (no data/labels)", path="data.path"
-            )
-        try:
-            x = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
-            y = np.asarray(labels, dtype=np.int64).reshape(-1)
-        except (ValueError, TypeError, OverflowError):
-            raise ScenarioError(
-                f"{file}: data is not a list of 3×32×32 images with integer labels",
-                path="data.path",
-                value=str(file),
-            ) from None
-        if len(x) != len(y):
-            raise ScenarioError(
-                f"{file} holds {len(x)} images but {len(y)} labels",
-                path="data.path",
-                value=str(file),
-            )
-        _check_labels(y, file)
+        x, y = _cifar_batch(file, arrays=True)
         xs.append(x)
         ys.append(y)
 
@@ -717,31 +792,35 @@ def check_user_data(
     user_data: Dataset | None = None,
     *,
     base_dir: str | Path | None = None,
-) -> int:
+) -> TrainLabels:
     """Check a user's own data (npz from its headers, labels and owners; import by calling the
-    loader once; or arrays passed in) as loading would; return the number of training samples.
+    loader once; or arrays passed in) as loading would; return its training labels and owners.
     With the natural partition, every owner must be a client and every client own a sample."""
     natural = isinstance(config.partition, NaturalPartition)
     user_data = _given(config, user_data)
     if user_data is None and config.dataset == "npz":
         assert config.path is not None
-        _info, n_train = check_npz(
+        info, _n_train = check_npz(
             config.path,
             n_classes=config.n_classes,
             base_dir=base_dir,
             n_clients=n_clients if natural else None,
         )
-        return int(n_train)
+        small = read_npz_arrays(resolve_path(config.path, base_dir), ["y_train", OWNERS])
+        y = small["y_train"].reshape(-1)  # as check_dataset converts it for the run
+        y = y.astype(np.int64 if info.task == "classification" else np.float32)
+        owners = small[OWNERS].astype(np.int64) if OWNERS in small else None
+        return TrainLabels(y, owners, task=info.task)
     if user_data is not None:
-        checked, _info = check_dataset(user_data, key="data", n_classes=config.n_classes)
+        checked, info = check_dataset(user_data, key="data", n_classes=config.n_classes)
     else:
         assert config.target is not None
-        checked, _info = import_dataset(
+        checked, info = import_dataset(
             config.target, config.kwargs, n_classes=config.n_classes, base_dir=base_dir
         )
     if natural:
         _check_natural(checked, n_clients, *_user_source(config, user_data, base_dir))
-    return len(checked.y_train)
+    return TrainLabels(checked.y_train, checked.owner_train, task=info.task)
 
 
 def _user_source(
@@ -867,32 +946,84 @@ MNIST1D_TRAIN = 4000
 """Training samples of mnist1d as fedsim generates it (the package's defaults)."""
 
 
+def _test_split(
+    n: int, test_fraction: float, streams: SeedStreams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test rows of a dataset without its own test set (the run's ``data.split``)."""
+    order = streams.generator("data.split").permutation(n)
+    n_test = round(test_fraction * n)
+    return order[n_test:], order[:n_test]
+
+
+def _partition(
+    config: DataConfig,
+    y_train: np.ndarray,
+    owners: np.ndarray | None,
+    task: str,
+    n_clients: int,
+    streams: SeedStreams,
+) -> list[np.ndarray]:
+    """The run's partition draw (``data.partition``) of the training labels."""
+    labels = y_train if task == "classification" else regression_strata(y_train)
+    return make_partition(
+        config.partition, labels, n_clients, streams.generator("data.partition"), owners=owners
+    )
+
+
+def draw_partition(
+    config: DataConfig, train: TrainLabels, n_clients: int, streams: SeedStreams
+) -> list[np.ndarray]:
+    """The partition the run will draw, from the labels only: a partition that cannot be made
+    (Dirichlet draws that leave a client short, a class with fewer samples than its shards)
+    raises the run's one-line error."""
+    y, owners = train.y, train.owners
+    if train.split:
+        keep, _test = _test_split(len(y), config.test_fraction, streams)
+        y, owners = y[keep], (owners[keep] if owners is not None else None)
+    return _partition(config, y, owners, train.task, n_clients, streams)
+
+
+def _generated_labels(
+    name: str, config: DataConfig, n_clients: int, streams: SeedStreams
+) -> TrainLabels:
+    """The labels of a dataset generated from the seed (or shipped), generated as the run does."""
+    info, loader = DATASETS[name]
+    raw = loader(config, n_clients, streams)
+    return TrainLabels(raw.y, raw.owners, split=raw.x_test is None, task=info.task)
+
+
 def check_data(
     config: DataConfig,
     n_clients: int,
     user_data: Dataset | None = None,
     *,
     base_dir: str | Path | None = None,
+    streams: SeedStreams | None = None,
 ) -> int:
     """Check what loading would check, reading headers and labels but not samples; return the
     number of training samples. Every client needs at least one. ``user_data`` and ``base_dir``
-    as for :func:`load_federated`."""
+    as for :func:`load_federated`. With ``streams`` (the run's), the partition is drawn as the
+    run draws it (:func:`draw_partition`), so one that cannot be made is refused here too."""
     user_data = _given(config, user_data)
     name = config.dataset if user_data is None else "the dataset"
+    train: TrainLabels | None = None
     if user_data is not None or config.dataset in USER_DATASETS:
-        n_train = check_user_data(config, n_clients, user_data, base_dir=base_dir)
+        train = check_user_data(config, n_clients, user_data, base_dir=base_dir)
+        n_train = len(train.y)
     elif name in ("mnist_idx", "fashion_mnist_idx"):
         assert config.path is not None
         folder = resolve_path(config.path, base_dir)
         files = _find(folder, (_IDX_SUBDIRS[name],), IDX_FILES, gz=True)
-        n_train = _check_idx_files(files)
+        labels = [read_idx(files[1]), read_idx(files[3])]
+        n_train = _check_idx_files(files, labels)
+        train = TrainLabels(labels[0])
     elif name == "cifar10":
         assert config.path is not None
         folder = resolve_path(config.path, base_dir)
         files = _find(folder, ("cifar-10-batches-py",), CIFAR10_FILES, gz=False)
-        for file in files:
-            _check_pickle(file)
-        n_train = sum(f.stat().st_size for f in files[:-1]) // CIFAR10_BYTES_PER_IMAGE
+        ys = [_cifar_batch(file, arrays=False)[1] for file in files]
+        train = TrainLabels(np.concatenate(ys[:-1]))
+        n_train = len(train.y)
     elif name == "mnist1d":
         if importlib.util.find_spec("mnist1d") is None:
             raise ScenarioError(
@@ -905,8 +1036,13 @@ def check_data(
         )
         _check_cache_dir(cache, given=bool(config.cache_dir))
         n_train = MNIST1D_TRAIN
+        if streams is not None:  # generated (and cached) here if it is not yet, as a run would
+            train = TrainLabels(mnist1d_arrays(cache)["y"])
     elif name == "synthetic_fedprox":
         n_train = n_clients  # at least: every client keeps a training sample (sizes are drawn)
+        if streams is not None:
+            train = _generated_labels(name, config, n_clients, streams)
+            n_train = len(train.y)
     else:
         n = {
             "digits": 1797,
@@ -916,6 +1052,8 @@ def check_data(
         if name != "digits":
             _enough_samples(n, n_clients, f"data.{name}.n_samples")
         n_train = n - round(config.test_fraction * n)
+        if streams is not None:
+            train = _generated_labels(name, config, n_clients, streams)
     if n_train < n_clients:
         raise ScenarioError(
             f"{n_clients} clients for the {n_train} training samples of {name}: every client "
@@ -923,6 +1061,8 @@ def check_data(
             path="clients.count",
             value=n_clients,
         )
+    if train is not None and streams is not None:
+        draw_partition(config, train, n_clients, streams)
     return n_train
 
 
@@ -965,19 +1105,14 @@ def load_federated(
         raw = DATASETS[config.dataset][1](config, n_clients, streams)
     owners = raw.owners
     if raw.x_test is None:
-        order = streams.generator("data.split").permutation(len(raw.y))
-        n_test = round(config.test_fraction * len(raw.y))
-        test, train = order[:n_test], order[n_test:]
+        train, test = _test_split(len(raw.y), config.test_fraction, streams)
         x_train, y_train, x_test, y_test = raw.x[train], raw.y[train], raw.x[test], raw.y[test]
         if owners is not None:
             owners = owners[train]
     else:
         assert raw.y_test is not None
         x_train, y_train, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
-    labels = y_train if info.task == "classification" else regression_strata(y_train)
-    parts = make_partition(
-        config.partition, labels, n_clients, streams.generator("data.partition"), owners=owners
-    )
+    parts = _partition(config, y_train, owners, info.task, n_clients, streams)
     return FederatedData(
         info=info,
         x_train=torch.as_tensor(x_train, device=device),

@@ -385,7 +385,7 @@ def npz_headers(file: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return headers
 
 
-def _read_npz_arrays(file: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+def read_npz_arrays(file: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
     with _open_zip(file):
         pass  # the same one-line errors as the header check for a missing or broken file
     try:
@@ -417,7 +417,7 @@ def check_npz(
         shapes, {n: d for n, (_s, d) in headers.items()}, key="data.path", where=where
     )
     wanted = ["y_train", "y_test"] + ([OWNERS] if OWNERS in headers else [])
-    small = _read_npz_arrays(file, wanted)
+    small = read_npz_arrays(file, wanted)
     y_train, y_test = small["y_train"].reshape(-1), small["y_test"].reshape(-1)
     if task == "classification":
         classes = _n_classes(y_train, y_test, n_classes, key="data.path", where=where)
@@ -446,7 +446,7 @@ def load_npz(
     """An .npz dataset read in full (``allow_pickle=False``) and checked: ``(Dataset, info)``."""
     file = resolve_path(path, base_dir)
     check_npz(file, n_classes=n_classes)
-    arrays = _read_npz_arrays(file, (*ARRAYS, OWNERS))
+    arrays = read_npz_arrays(file, (*ARRAYS, OWNERS))
     dataset = Dataset(**arrays, n_classes=n_classes)
     return check_dataset(dataset, key="data.path", where=str(file), n_classes=n_classes, name="npz")
 
