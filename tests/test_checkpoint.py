@@ -23,6 +23,15 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 CASES = {
     "fedasync": ("quickstart.yaml", {}),
     "dfl": ("dfl_toy.yaml", {}),
+    "dsgd": ("dsgd_merge.yaml", {}),
+    "dsgd_async": (
+        "dsgd_merge.yaml",
+        {
+            "algorithm.mode": "async",
+            "algorithm.async_rule": "latest",
+            "clients.compute": {"dist": "exponential", "mean_s": 1.0},
+        },
+    ),
     "fedavg": ("fedavg_deadline.yaml", {}),
     "fedbuff": ("fedbuff.yaml", {}),
     "fedbuff_c": ("fedfix_compare.yaml", {"algorithm": {"name": "fedbuff_c"}}),

@@ -38,8 +38,9 @@ The run stops after ``rounds`` rounds (in async mode, once every peer has done t
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -50,7 +51,8 @@ from pydantic import Field, PositiveInt
 from fedsim.algorithms.base import EvalTarget
 from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.gossip import RSchedule, random_r_matrix, received_mixing, received_row
-from fedsim.algorithms.multiserver import MultiServerAlgorithm
+from fedsim.algorithms.multiserver import MultiServerAlgorithm, store_message
+from fedsim.algorithms.schedule import start_soon
 from fedsim.checks import needs_topology
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -138,10 +140,16 @@ class DSGD(MultiServerAlgorithm):
         self.merge_rng = ctx.streams.generator("dsgd.merge")
         self._plans: dict[int, list[Step]] = {}
         self._planned = 0
-        # sync
+        # sync: round t's jobs, then its models through the gossip steps
+        self._t = 0
         self._jobs: list[Job | None] = []
         self._waiting = 0
         self._round_done: simpy.Event | None = None
+        self._models: list[torch.Tensor | None] = []
+        self._round_steps: list[Step] = []
+        self._q = 0
+        self._W: np.ndarray | None = None
+        self._inbox: list[dict[int, Any]] = []
         # async
         n = len(self.servers)
         self.rounds_done = [0] * n
@@ -151,6 +159,7 @@ class DSGD(MultiServerAlgorithm):
         self._slots: dict[tuple[int, int, int, int], simpy.Event] = {}
         self._discard: set[tuple[int, int, int, int]] = set()
         self._completed: Counter[int] = Counter()
+        self._peers = [_Peer() for _ in range(n)]
 
     # -- the plan of a round ---------------------------------------------------------------------------
     def _steps(self, t: int) -> list[Step]:
@@ -197,42 +206,65 @@ class DSGD(MultiServerAlgorithm):
         self.merges += sum(step.merge for step in self._plans.pop(t))
         self.round = t
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    # Both modes are callbacks on the same SimPy events the round loops waited on (so the traces
+    # are the loops'), with their progress in attributes, not generator processes: a run can be
+    # checkpointed.
+    def start(self) -> None:
         if self.config.mode == "async":
+            # Each peer starts as a process would: an urgent event of time 0, in peer order.
             for s in range(len(self.servers)):
-                self.env.process(self._peer(s))
+                start_soon(self.env, partial(self._peer_round, s))
             return
-        yield from self._run_sync()
+        self._open_round()
 
     # -- synchronous rounds -----------------------------------------------------------------------------
-    def _run_sync(self) -> Generator[simpy.Event, Any, None]:
+    def _open_round(self) -> None:
         n = len(self.servers)
-        for t in range(1, self.config.rounds + 1):
-            self._jobs = [None] * n
-            self._round_done = self.env.event()
-            self._waiting = n
-            for s in range(n):
-                # A peer trains on itself: no client transfer; its models travel as messages.
-                self.dispatch_to(
-                    self.clients_of[s][0], self.servers[s].params, server=s, network=False
-                )
-            yield self._round_done
-            models = []
-            for s in range(n):
-                job = self._jobs[s]
-                accepted, x = self._local_model(s, job)
-                if accepted:
-                    self.record(job, "applied")
-                models.append(x)
-            self._jobs = []
-            for step in self._steps(t):
-                W = self.mixing() if step.W is None else step.W
-                models = yield from self._gossip(models, W)
-            for s, x in enumerate(models):
-                self.publish_to(s, x)
-            self.rounds_done = [t] * n
-            self._round_completed(t)
-        self.ctx.trace.stop("rounds")
+        self._t += 1
+        self._jobs = [None] * n
+        self._round_done = self.env.event()
+        self._waiting = n
+        for s in range(n):
+            # A peer trains on itself: no client transfer; its models travel as messages.
+            self.dispatch_to(self.clients_of[s][0], self.servers[s].params, server=s, network=False)
+        self._round_done.callbacks.append(self._close_round)
+
+    def _close_round(self, _event: simpy.Event) -> None:
+        models = []
+        for s in range(len(self.servers)):
+            job = self._jobs[s]
+            accepted, x = self._local_model(s, job)
+            if accepted:
+                self.record(job, "applied")
+            models.append(x)
+        self._jobs = []
+        self._models, self._round_steps, self._q = models, self._steps(self._t), 0
+        self._gossip_steps()
+
+    def _gossip_steps(self) -> None:
+        """The round's gossip steps, each resumed when its messages have arrived; then publish."""
+        while self._q < len(self._round_steps):
+            step = self._round_steps[self._q]
+            self._W = self.mixing() if step.W is None else step.W
+            arrived = self._send_gossip(self._models, self._W)
+            if arrived is not None:
+                arrived.callbacks.append(self._gossip_arrived)
+                return
+            self._mix_gossip()
+        n, t = len(self.servers), self._t
+        for s, x in enumerate(self._models):
+            self.publish_to(s, x)
+        self._models = []
+        self.rounds_done = [t] * n
+        self._round_completed(t)
+        if t < self.config.rounds:
+            self._open_round()
+        else:
+            self.ctx.trace.stop("rounds")
+
+    def _gossip_arrived(self, _event: simpy.Event) -> None:
+        self._mix_gossip()
+        self._gossip_steps()
 
     def _local_model(self, s: int, job: Job | None) -> tuple[bool, torch.Tensor | None]:
         """(accepted, model): the peer's trained model, or its current one when the job was lost
@@ -245,13 +277,12 @@ class DSGD(MultiServerAlgorithm):
         w = self.trained(job)
         return (False, current) if w is None else (True, w)
 
-    def _gossip(
-        self, models: list[torch.Tensor | None], W: np.ndarray
-    ) -> Generator[simpy.Event, Any, list[torch.Tensor | None]]:
-        """One gossip step with ``W``: message j → i for every ``W[i, j] > 0``, then mix with what
-        arrived (a message over a failed link is not sent and its weight stays with the receiver)."""
+    def _send_gossip(self, models: list[torch.Tensor | None], W: np.ndarray) -> simpy.Event | None:
+        """Send the messages of one gossip step with ``W``: j → i for every ``W[i, j] > 0`` (a
+        message over a failed link is not sent). They land in ``self._inbox``; returns the event
+        of the last arrival (None: nothing sent)."""
         n = len(models)
-        inbox: list[dict[int, Any]] = [{} for _ in range(n)]
+        self._inbox = inbox = [{} for _ in range(n)]
         pending = []
         for i in range(n):
             for j in np.flatnonzero(W[i] > 0):
@@ -260,44 +291,79 @@ class DSGD(MultiServerAlgorithm):
                     continue
                 event = self.send(j, i, models[j])
                 if event is not None:
-                    event.callbacks.append(lambda e, i=i, j=j: inbox[i].__setitem__(j, e.value))
+                    event.callbacks.append(partial(store_message, inbox[i], j))
                     pending.append(event)
-        if pending:
-            yield self.env.all_of(pending)
-        if not self.learning:
-            return models
-        return self.mix(models, received_mixing(W, inbox))
+        return self.env.all_of(pending) if pending else None
+
+    def _mix_gossip(self) -> None:
+        """Mix with what arrived (a message not sent leaves its weight with the receiver)."""
+        if self.learning:
+            self._models = self.mix(self._models, received_mixing(self._W, self._inbox))
+        self._inbox = []
+        self._q += 1
 
     # -- asynchronous peers -----------------------------------------------------------------------------
-    def _peer(self, s: int) -> Generator[simpy.Event, Any, None]:
-        """Peer ``s`` on its own: train, then each step of the round's plan, then publish."""
-        rule = self.config.async_rule
-        for t in range(1, self.config.rounds + 1):
-            job = yield self._request_job(s)
-            accepted, x = self._local_model(s, job)
-            self._held[s] = job if accepted else None  # lost or rejected: keeps its model
-            gap = 0
-            for q, step in enumerate(self._steps(t)):
-                W = self.mixing() if step.W is None else step.W
-                if step.merge or rule == "wait":
-                    self._send_step(s, t, q, step, W, x)
-                    x = yield from self._wait_step(s, t, q, step, W, x)
-                else:
-                    x, lag = yield from self._pull_step(s, t, W, x)
-                    gap = max(gap, lag)
-            if self._held[s] is not None:
-                held = self._held[s]
-                held.arrival_version = held.base_version + gap  # staleness column = round gap
-                self.record(held, "applied")
-                self._held[s] = None
-            self.publish_to(s, x)
-            self.rounds_done[s] = t
-            self._completed[t] += 1
-            if self._completed[t] == len(self.servers):
-                del self._completed[t]
-                self._round_completed(t)
-                if t == self.config.rounds:
-                    self.ctx.trace.stop("rounds")
+    def _peer_round(self, s: int, _event: simpy.Event | None = None) -> None:
+        """Peer ``s`` on its own: ask for its next job (train), then each step of the round's
+        plan (:meth:`_peer_steps`), then publish; after round ``rounds`` it stops."""
+        peer = self._peers[s]
+        if peer.t < self.config.rounds:
+            peer.t += 1
+            self._request_job(s).callbacks.append(partial(self._peer_trained, s))
+
+    def _peer_trained(self, s: int, event: simpy.Event) -> None:
+        peer = self._peers[s]
+        accepted, peer.x = self._local_model(s, event.value)
+        self._held[s] = event.value if accepted else None  # lost or rejected: keeps its model
+        peer.gap, peer.q, peer.steps = 0, 0, self._steps(peer.t)
+        self._peer_steps(s)
+
+    def _peer_steps(self, s: int) -> None:
+        """The steps of peer ``s``'s round from ``peer.q`` on; a step that waits resumes here."""
+        peer, rule = self._peers[s], self.config.async_rule
+        while peer.q < len(peer.steps):
+            step = peer.steps[peer.q]
+            peer.W = self.mixing() if step.W is None else step.W
+            if step.merge or rule == "wait":
+                self._send_step(s, peer.t, peer.q, step, peer.W, peer.x)
+                waiting = self._start_wait_step(s, peer)
+                if waiting is not None:
+                    waiting.callbacks.append(partial(self._peer_waited, s))
+                    return
+                self._end_wait_step(s, peer)
+            else:
+                peer.wanted = [int(j) for j in np.flatnonzero(peer.W[s] > 0) if j != s]
+                if peer.wanted:
+                    latency = self.topology.config.link.latency_s
+                    self.env.timeout(latency).callbacks.append(partial(self._peer_asked, s))
+                    return
+                peer.x = self._mix_row(s, peer.W, peer.x, {})
+            peer.q += 1
+        self._peer_round_done(s)
+
+    def _peer_waited(self, s: int, _event: simpy.Event) -> None:
+        self._end_wait_step(s, self._peers[s])
+        self._peers[s].q += 1
+        self._peer_steps(s)
+
+    def _peer_round_done(self, s: int) -> None:
+        peer = self._peers[s]
+        t = peer.t
+        if self._held[s] is not None:
+            held = self._held[s]
+            held.arrival_version = held.base_version + peer.gap  # staleness column = round gap
+            self.record(held, "applied")
+            self._held[s] = None
+        self.publish_to(s, peer.x)
+        peer.x, peer.steps, peer.W = None, [], None
+        self.rounds_done[s] = t
+        self._completed[t] += 1
+        if self._completed[t] == len(self.servers):
+            del self._completed[t]
+            self._round_completed(t)
+            if t == self.config.rounds:
+                self.ctx.trace.stop("rounds")
+        self._peer_round(s)
 
     def _request_job(self, s: int) -> simpy.Event:
         """Start peer ``s``'s next job at the end of this instant: jobs asked for at the same time
@@ -333,6 +399,9 @@ class DSGD(MultiServerAlgorithm):
             return
         self._slot(key).succeed(model)
 
+    def _delivered_step(self, key: tuple[int, int, int, int], event: simpy.Event) -> None:
+        self._deliver(key, event.value)
+
     def _send_step(self, s: int, t: int, q: int, step: Step, W: np.ndarray, x: Any) -> None:
         """Send ``x`` to every out-neighbour of ``s`` in ``W``; a peer that might wait for it but
         gets nothing (link down, or not in the column now) is told at once."""
@@ -346,46 +415,54 @@ class DSGD(MultiServerAlgorithm):
             if event is None:
                 self._deliver(key, None)
             else:
-                event.callbacks.append(lambda e, key=key: self._deliver(key, e.value))
+                event.callbacks.append(partial(self._delivered_step, key))
 
-    def _wait_step(
-        self, i: int, t: int, q: int, step: Step, W: np.ndarray, x: Any
-    ) -> Generator[simpy.Event, Any, Any]:
-        """Wait for this step's models from the in-neighbours of row ``i`` of ``W``, then mix."""
-        wanted = [int(j) for j in np.flatnonzero(W[i] > 0) if j != i]
-        events = [self._slot((i, j, t, q)) for j in wanted]
-        if events:
-            yield self.env.all_of(events)
+    def _start_wait_step(self, i: int, peer: _Peer) -> simpy.Event | None:
+        """Wait for this step's models from the in-neighbours of row ``i`` of ``W``: the event
+        when all are in (None: the row wants none)."""
+        peer.wanted = [int(j) for j in np.flatnonzero(peer.W[i] > 0) if j != i]
+        peer.events = [self._slot((i, j, peer.t, peer.q)) for j in peer.wanted]
+        return self.env.all_of(peer.events) if peer.events else None
+
+    def _end_wait_step(self, i: int, peer: _Peer) -> None:
+        """Mix peer ``i``'s model with the step's models that came."""
+        t, q, wanted, events = peer.t, peer.q, peer.wanted, peer.events
         inbox = {j: e.value for j, e in zip(wanted, events, strict=True) if e.value is not None}
         for j in wanted:
             del self._slots[(i, j, t, q)]
-        for j in set(self._in_candidates(i, step).tolist()) - set(wanted):
+        for j in set(self._in_candidates(i, peer.steps[q]).tolist()) - set(wanted):
             key = (i, j, t, q)  # a link that went down since the send: that model is not used
             event = self._slots.pop(key, None)
             if event is None:
                 self._discard.add(key)
-        return self._mix_row(i, W, x, inbox)
+        peer.wanted, peer.events = [], []
+        peer.x = self._mix_row(i, peer.W, peer.x, inbox)
 
-    def _pull_step(
-        self, i: int, t: int, W: np.ndarray, x: Any
-    ) -> Generator[simpy.Event, Any, tuple[Any, int]]:
-        """``async_rule: latest``: ask the in-neighbours of row ``i`` for their current models
-        (the request takes one link latency and leaves no trace row), mix the replies that arrive.
-        Returns the mixed model and the largest round gap ``t − 1 − rounds_j`` (0 if none behind)."""
-        wanted = [int(j) for j in np.flatnonzero(W[i] > 0) if j != i]
-        if not wanted:
-            return self._mix_row(i, W, x, {}), 0
-        yield self.env.timeout(self.topology.config.link.latency_s)
-        replies, gap = {}, 0
-        for j in wanted:
+    def _peer_asked(self, i: int, _event: simpy.Event) -> None:
+        """``async_rule: latest``: the request reached the in-neighbours of row ``i`` (one link
+        latency, no trace row); they send the model they hold now. The peer's gap is the largest
+        round gap ``t − 1 − rounds_j`` (0 if none behind)."""
+        peer = self._peers[i]
+        peer.replies, gap = {}, 0
+        for j in peer.wanted:
             event = self.send(j, i, self.servers[j].params)
             if event is not None:
-                replies[j] = event
-                gap = max(gap, t - 1 - self.rounds_done[j])
-        if replies:
-            yield self.env.all_of(list(replies.values()))
-        inbox = {j: e.value for j, e in replies.items()}
-        return self._mix_row(i, W, x, inbox), gap
+                peer.replies[j] = event
+                gap = max(gap, peer.t - 1 - self.rounds_done[j])
+        peer.gap = max(peer.gap, gap)
+        if peer.replies:
+            waiting = self.env.all_of(list(peer.replies.values()))
+            waiting.callbacks.append(partial(self._peer_replied, i))
+            return
+        self._peer_replied(i, None)
+
+    def _peer_replied(self, i: int, _event: simpy.Event | None) -> None:
+        peer = self._peers[i]
+        inbox = {j: e.value for j, e in peer.replies.items()}
+        peer.x = self._mix_row(i, peer.W, peer.x, inbox)
+        peer.wanted, peer.replies = [], {}
+        peer.q += 1
+        self._peer_steps(i)
 
     def _mix_row(self, i: int, W: np.ndarray, x: Any, inbox: dict[int, Any]) -> Any:
         """``x_i ← Σ_j W'_ij x_j`` with ``W'`` row ``i`` of ``W`` restricted to what arrived."""
@@ -455,3 +532,20 @@ def _at_end_of_instant(env: simpy.Environment, callback: Callable[[simpy.Event],
     event._value = None
     event.callbacks.append(callback)
     env.schedule(event, priority=END_OF_INSTANT)
+
+
+class _Peer:
+    """Where an asynchronous peer is in its loop: round ``t``, its model ``x`` through the steps
+    of the round's plan, step ``q`` and what it waits for (explicit, so that a run can be
+    checkpointed)."""
+
+    def __init__(self) -> None:
+        self.t = 0
+        self.steps: list[Step] = []
+        self.q = 0
+        self.x: Any = None
+        self.gap = 0
+        self.W: np.ndarray | None = None
+        self.wanted: list[int] = []
+        self.events: list[simpy.Event] = []
+        self.replies: dict[int, simpy.Event] = {}

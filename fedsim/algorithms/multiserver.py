@@ -174,7 +174,7 @@ class MultiServerAlgorithm(Algorithm):
             for j in self.topology.neighbours(i, W):
                 event = self.send(i, j, models[i], nbytes)
                 if event is not None:
-                    event.callbacks.append(partial(_put, inbox[j], i))
+                    event.callbacks.append(partial(store_message, inbox[j], i))
                     pending.append(event)
         return inbox, (self.env.all_of(pending) if pending else None)
 
@@ -193,6 +193,6 @@ class MultiServerAlgorithm(Algorithm):
         self.servers[server].publish(params)
 
 
-def _put(inbox: dict[int, Any], sender: int, event: simpy.Event) -> None:
+def store_message(inbox: dict[int, Any], sender: int, event: simpy.Event) -> None:
     """Store a delivered message in its receiver's inbox (a partial: picklable)."""
     inbox[sender] = event.value
