@@ -38,6 +38,7 @@ CASES = {
     "fedfix": ("fedfix_compare.yaml", {}),
     "async_fedavg": ("fedfix_compare.yaml", {"algorithm": {"name": "async_fedavg"}}),
     "frain": ("frain_nullifiers.yaml", {}),
+    "modest": ("modest.yaml", {}),
     "brain": ("frain_nullifiers.yaml", {"algorithm.name": "brain", "-": ("merge", "adaptive")}),
 }
 

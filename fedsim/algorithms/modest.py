@@ -31,7 +31,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import simpy
@@ -40,6 +41,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 from fedsim.algorithms.base import EvalTarget, weighted_sum
 from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.multiserver import MultiServerAlgorithm
+from fedsim.algorithms.schedule import start_soon
 from fedsim.checks import needs_topology
 from fedsim.clients import Job
 from fedsim.config_base import Period, Section
@@ -276,13 +278,15 @@ class Modest(MultiServerAlgorithm):
         self.view = [p for p in range(self.n) if p not in self.left]
 
     # -- rounds ------------------------------------------------------------------------------------
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    # The protocol's waits are callbacks on the same SimPy events its processes waited on (each
+    # started as a process would be, :func:`start_soon`), so the trace is theirs and a run can be
+    # checkpointed.
+    def start(self) -> None:
         params = self.servers[0].params
         members = [p for p in candidate_order(self.view, 1) if self.peer_up(p, 0.0)]
         state = self._open_round(1, members[: self.config.sample_size], params)
         for p in state.members:
             self._model_arrived(p, 1, params)
-        yield self.env.event()
 
     def _open_round(self, k: int, members: list[int], params: Any) -> _Round:
         state = self.rounds[k] = _Round(k, members, self.config.aggregators, params, self.now)
@@ -291,10 +295,10 @@ class Modest(MultiServerAlgorithm):
             self.record(self.pending.pop(job_id), "late", "not_aggregated")
         for old in [r for r in self.rounds if r < k - 2]:
             del self.rounds[old]
-        self.env.process(self._watch(k))
+        start_soon(self.env, partial(self._watch, k))
         return state
 
-    def _start_round(self, sender: int, k: int, params: Any) -> Generator[simpy.Event, Any, None]:
+    def _start_round(self, sender: int, k: int, params: Any, _event: simpy.Event) -> None:
         """``sender`` finds round ``k``'s available sample by pinging, then sends it ``params``.
 
         A second sender of the same round (another aggregator) sends to the sample already found.
@@ -305,10 +309,28 @@ class Modest(MultiServerAlgorithm):
             members, ready, silent = ping_sample(
                 order, cfg.sample_size, self.peer_up, self.now, self.rtt, cfg.ping_timeout_s, sender
             )
-            yield self.env.timeout(ready - self.now)
-            self._update_view(k, members, silent)
-            if k not in self.rounds and self.started < k and self.peer_up(sender, self.now):
-                self._open_round(k, members, params)
+            pinged = self.env.timeout(ready - self.now)
+            pinged.callbacks.append(partial(self._pinged, sender, k, params, members, silent))
+            return
+        self._send_round(sender, k, params)
+
+    def _pinged(
+        self,
+        sender: int,
+        k: int,
+        params: Any,
+        members: list[int],
+        silent: list[int],
+        _event: simpy.Event,
+    ) -> None:
+        """The pings of round ``k`` are answered (or timed out): open it if nobody did."""
+        self._update_view(k, members, silent)
+        if k not in self.rounds and self.started < k and self.peer_up(sender, self.now):
+            self._open_round(k, members, params)
+        self._send_round(sender, k, params)
+
+    def _send_round(self, sender: int, k: int, params: Any) -> None:
+        """``sender`` sends round ``k``'s model to its sample."""
         state = self.rounds.get(k)
         if state is None or self.started > k or not self.peer_up(sender, self.now):
             return
@@ -316,26 +338,27 @@ class Modest(MultiServerAlgorithm):
             if p == sender:
                 self._model_arrived(p, k, params)
             else:
-                self.send(
-                    sender, p, params, on_delivery=lambda m, p=p: self._model_arrived(p, k, m)
-                )
+                self.send(sender, p, params, on_delivery=partial(self._model_arrived, p, k))
 
-    def _watch(self, k: int) -> Generator[simpy.Event, Any, None]:
+    def _watch(self, k: int, _event: simpy.Event) -> None:
         """Liveness: restart with round ``k + 1`` if round ``k`` produced nothing in time.
 
         The live peer holding the newest model restarts from it (ties: round ``k + 1``'s candidate
         order); with no live peer at all, it looks again a round timeout later.
         """
-        while True:
-            yield self.env.timeout(self.config.round_timeout_s)
-            if self.started > k:
-                return
-            live = [p for p in candidate_order(self.view, k + 1) if self.peer_up(p, self.now)]
-            if live:
-                restarter = max(live, key=lambda p: self.held[p][0])  # first of the newest
-                self.restarts += 1
-                self.env.process(self._start_round(restarter, k + 1, self.held[restarter][1]))
-                return
+        self.env.timeout(self.config.round_timeout_s).callbacks.append(partial(self._timed_out, k))
+
+    def _timed_out(self, k: int, event: simpy.Event) -> None:
+        if self.started > k:
+            return
+        live = [p for p in candidate_order(self.view, k + 1) if self.peer_up(p, self.now)]
+        if not live:
+            self._watch(k, event)
+            return
+        restarter = max(live, key=lambda p: self.held[p][0])  # first of the newest
+        self.restarts += 1
+        params = self.held[restarter][1]
+        start_soon(self.env, partial(self._start_round, restarter, k + 1, params))
 
     # -- trainers ----------------------------------------------------------------------------------
     def _model_arrived(self, peer: int, k: int, params: Any) -> None:
@@ -383,12 +406,7 @@ class Modest(MultiServerAlgorithm):
             if agg == peer:
                 self._model_in(agg, k, job, trained)
             else:
-                self.send(
-                    peer,
-                    agg,
-                    trained,
-                    on_delivery=lambda m, agg=agg: self._model_in(agg, k, job, m),
-                )
+                self.send(peer, agg, trained, on_delivery=partial(self._model_in, agg, k, job))
 
     # -- aggregators -------------------------------------------------------------------------------
     def _need(self, k: int) -> int:
@@ -402,15 +420,18 @@ class Modest(MultiServerAlgorithm):
         held = self.collect[agg]
         if held is None or held.k < k:  # a newer round: abandon the older aggregation
             held = self.collect[agg] = _Collect(k)
-            self.env.process(self._aggregation_timeout(agg, held))
+            start_soon(self.env, partial(self._aggregation_timeout, agg, held))
         if held.k > k or held.done:
             return
         held.models[job.server] = (job, model)
         if len(held.models) >= self._need(k):
             self._aggregate(agg, held)
 
-    def _aggregation_timeout(self, agg: int, held: _Collect) -> Generator[simpy.Event, Any, None]:
-        yield self.env.timeout(self.config.aggregation_timeout_s)
+    def _aggregation_timeout(self, agg: int, held: _Collect, _event: simpy.Event) -> None:
+        timeout = self.env.timeout(self.config.aggregation_timeout_s)
+        timeout.callbacks.append(partial(self._aggregation_due, agg, held))
+
+    def _aggregation_due(self, agg: int, held: _Collect, _event: simpy.Event) -> None:
         if held.done or self.collect[agg] is not held or not self.peer_up(agg, self.now):
             return
         if len(held.models) >= self.config.min_models:
@@ -443,7 +464,7 @@ class Modest(MultiServerAlgorithm):
             self.latest = (k, agg, average)
             self.rounds_aggregated = k
         if self.started <= k + 1:
-            self.env.process(self._start_round(agg, k + 1, average))
+            start_soon(self.env, partial(self._start_round, agg, k + 1, average))
 
     # -- evaluation and the end --------------------------------------------------------------------
     def eval_targets(self) -> list[EvalTarget]:
