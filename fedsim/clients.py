@@ -192,12 +192,14 @@ class ClientPool:
         trainer: Trainer | None = None,
         task: int = 0,
         network: bool = True,
+        correction: torch.Tensor | None = None,
     ) -> Job:
         """Start a job for ``client`` (already taken from the idle list) from model ``params``.
 
         ``trainer`` overrides the pool's trainer (multi-task algorithms train each task's model with
         its own); ``task`` is recorded in the trace. ``network=False`` makes a compute-only job (no
         transfer time, 0 bytes) for algorithms that simulate their own communication.
+        ``correction`` is added to every gradient of the job (SCAFFOLD's ``c − c_i``).
         """
         env, timing = self.env, self.timing
         job = Job(self._next_job, client, server, base_version, env.now)
@@ -221,7 +223,8 @@ class ClientPool:
                     job.start = params
                 seed = self.streams.sequence("training.job", job.id)
                 flip = self.flip_labels is not None and self.flip_labels[client]
-                job.handle = trainer.submit(TrainJob(job.id, client, params, seed, flip))
+                train = TrainJob(job.id, client, params, seed, flip, correction)
+                job.handle = trainer.submit(train)
         if not self.in_flight:
             self._idle_total += env.now - self._idle_since
         self.in_flight += 1

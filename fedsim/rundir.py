@@ -67,6 +67,9 @@ def check(path: Path, *, overwrite: bool = False, resume: bool = False) -> None:
         )
     if resume and found != "run":
         raise ScenarioError(f"nothing to resume: {path} holds no fedsim run")
+    above = next((p for p in path.parents if p.exists()), None)
+    if not path.exists() and above is not None and not above.is_dir():
+        raise ScenarioError(f"{path} cannot be created: {above} is a file (choose another --out)")
 
 
 def read_marker(path: Path) -> dict[str, Any]:
@@ -122,7 +125,10 @@ def claim(
     leaves the previous run untouched.
     """
     check(path, overwrite=overwrite, resume=resume)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScenarioError(f"cannot create {path}: {exc.strerror or exc}") from None
     _take_lock(path)
     lock = RunDirLock(path)
     try:

@@ -141,7 +141,8 @@ def _check_server_optimizer(opt: ServerOptimizerConfig, algo: Any) -> None:
     if not getattr(type(algo), "takes_server_optimizer", False):
         raise ScenarioError(
             f"{algo.name} has no server step for a server optimiser; remove server_optimizer "
-            "(fedavg, fedbuff, fedbuff_c, fedfix, async_fedavg, fedasync, fedast, sync_st take it)",
+            "(fedavg, fedbuff, fedbuff_c, fedfix, async_fedavg, fedasync, fedast, sync_st, scaffold "
+            "take it)",
             path="server_optimizer",
         )
     if opt.lr is None:
@@ -292,7 +293,7 @@ class Scenario(Section):
         if agg.name == "krum":
             if algo.name in ("fedbuff", "fedbuff_c"):
                 n = algo.buffer_size
-            elif algo.name == "fedavg":
+            elif algo.name in ("fedavg", "scaffold"):
                 n = algo.cohort_size
             else:
                 n = self.byzantine.window if self.byzantine is not None else 10

@@ -1083,3 +1083,18 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, capsys):
         "shutil.copyfile, which a batch never does)"
     )
     assert not planted.exists()
+
+
+def test_out_under_a_file_is_one_line(tmp_path, capsys):
+    """``--out`` (or ``fedsim.run(out=...)``) below a file: exit 2 naming both, nothing written."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    path = tmp_path / "s.yaml"
+    path.write_text("stop: {time_s: 5}\nclients: {count: 4}\n")
+    out = blocker / "run"
+    expected = f"{out} cannot be created: {blocker} is a file (choose another --out)"
+    assert _one_line_error(["run", str(path), "--out", str(out), "-q"], capsys) == expected
+    with pytest.raises(fedsim.ScenarioError) as info:
+        fedsim.run(path, out=out)
+    assert str(info.value) == expected
+    assert blocker.read_text() == "not a folder"
