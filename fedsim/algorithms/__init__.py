@@ -17,6 +17,7 @@ from fedsim.algorithms.fedbuff import FedBuff
 from fedsim.algorithms.fedbuff_c import FedBuffC
 from fedsim.algorithms.fedfix import FedFix
 from fedsim.algorithms.modest import Modest
+from fedsim.algorithms.scaffold import Scaffold
 from fedsim.algorithms.sync_st import SyncSt
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -28,6 +29,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
         *(FedAst, SyncSt),  # multi-task, seed 002
         *(DFL, DSGD, Modest),  # multi-server and decentralized, seeds 001 and 003
         Drpga,  # partial delayed averaging, seed 004
+        Scaffold,  # control variates (Karimireddy et al. 2020)
     )
 }
 """name → algorithm class; each class names its config model."""

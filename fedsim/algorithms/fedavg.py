@@ -17,6 +17,7 @@ import math
 from typing import Any, ClassVar, Literal
 
 import simpy
+import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from fedsim.algorithms.base import Algorithm
@@ -157,7 +158,12 @@ class FedAvg(Algorithm):
             raw = [1.0] * len(kept)
         else:
             raw = [float(self.ctx.clients.sizes[job.client]) for job in kept]
-        average = self.aggregate(deltas, raw, jobs=kept)
-        for job in kept:
+        self.step(kept, deltas, raw)
+
+    def step(self, jobs: list[Job], deltas: list[torch.Tensor], raw: list[float]) -> None:
+        """The round's server step from its screened reports ``deltas`` (weights ``raw``);
+        SCAFFOLD extends it with its control variates."""
+        average = self.aggregate(deltas, raw, jobs=jobs)
+        for job in jobs:
             self.record(job, "applied")
         self.apply(average)

@@ -370,6 +370,8 @@ class BatchedTrainer:
         state: dict[str, torch.Tensor] = {}  # the jobs' optimiser state, a row per job
         if optimizer.proximal_mu:
             optimizer.begin(state, w.clone())  # w is stepped in place: the anchor is a copy
+        if any(h.job.correction is not None for h in handles):
+            optimizer.correct(state, _stacked_corrections(handles, w))
         x_all, y_all = data.x_train, data.y_train
         flip = None
         if any(h.job.flip_labels for h in handles):
@@ -391,6 +393,21 @@ class BatchedTrainer:
             h._result = w_end.clone()
             h.job = None
         del w, state
+
+
+def _stacked_corrections(handles: list[BatchedHandle], like: torch.Tensor) -> torch.Tensor:
+    """The jobs' gradient corrections as rows ``[n, d]`` in stack order (zeros for a job without
+    one)."""
+    zeros = None
+    rows = []
+    for h in handles:
+        if h.job.correction is None:
+            if zeros is None:
+                zeros = torch.zeros_like(like[0])
+            rows.append(zeros)
+        else:
+            rows.append(h.job.correction)
+    return torch.stack(rows)
 
 
 class AutoTrainer(BatchedTrainer):

@@ -11,6 +11,10 @@ the job minimises ``f(w) + μ/2 ‖w − w_start‖²``, whose gradient adds ``�
 loss gradient before the rule above. It acts on the parameters the trainers step (the head of the
 flat vector: buffers in its tail are never stepped), for one vector and for a stack alike; the
 trainer gives the start with :meth:`LocalOptimizer.begin` (``tests/test_proximal.py``).
+
+SCAFFOLD (Karimireddy et al. 2020): a job may carry a gradient correction ``c − c_i`` (the server's
+control variate minus the client's), added to every gradient of the job before the rule above; the
+trainer gives it with :meth:`LocalOptimizer.correct` (a row per job on a stack).
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ class LocalOptimizer:
         if self.proximal_mu:
             state["anchor"] = start
 
+    def correct(self, state: dict[str, torch.Tensor], correction: torch.Tensor) -> None:
+        """Add ``correction`` (``[d]``, or ``[n, d]`` a row per job; not modified) to every
+        gradient of the job(s): SCAFFOLD's ``g − c_i + c``."""
+        state["correction"] = correction
+
     def step(
         self,
         w: torch.Tensor,
@@ -74,6 +83,9 @@ class LocalOptimizer:
         ``k``: ``w`` and ``g`` are the first ``k`` rows of a stack whose state has a row per job
         (the jobs still training); ``None``: the state has the shape of ``w``.
         """
+        if "correction" in state:  # SCAFFOLD: g − c_i + c
+            correction = state["correction"]
+            g = g + (correction if k is None else correction[:k])
         if self.weight_decay:
             g = g + self.weight_decay * w
         if self.proximal_mu:  # ∇ μ/2 ‖w − w_start‖² = μ (w − w_start)

@@ -91,6 +91,8 @@ class TrainJob:
     seed: np.random.SeedSequence
     flip_labels: bool = False
     """Train on flipped labels ``C − 1 − y`` (a Byzantine client's label-flip attack)."""
+    correction: torch.Tensor | None = None
+    """Added to every gradient of the job (SCAFFOLD's ``c − c_i``, ``[n_params]``); None: none."""
 
 
 class Trainer(Protocol):
@@ -269,6 +271,8 @@ class SequentialTrainer:
         w = job.start.clone()
         state: dict[str, torch.Tensor] = {}
         task.optimizer.begin(state, job.start[: task.spec.n_params])  # the parameters' start
+        if job.correction is not None:
+            task.optimizer.correct(state, job.correction)
         with task.job_rng(job):
             if task.spec.buffers:
                 self._train_with_buffers(job, w, batches, state)
