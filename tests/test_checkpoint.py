@@ -23,6 +23,7 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 CASES = {
     "fedasync": ("quickstart.yaml", {}),
     "dfl": ("dfl_toy.yaml", {}),
+    "drpga": ("drpga.yaml", {}),
     "dsgd": ("dsgd_merge.yaml", {}),
     "dsgd_async": (
         "dsgd_merge.yaml",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.algorithms.drpga import block_bounds, draw_mask, rate_walk
+from fedsim.algorithms.drpga import RateWalk, block_bounds, draw_mask
 from fedsim.algorithms.modest import (
     aggregators_of,
     candidate_order,
@@ -176,14 +176,14 @@ def test_drpga_rate_walk_traffic_is_the_mean_rate_of_full_sharing():
 
 def test_rate_walk_stays_on_the_grid_and_the_symmetric_walk_is_uniform():
     n, steps = 5, 200_000
-    walk = rate_walk(n, 0, 0.25, 0.25, np.random.default_rng(1))
+    walk = RateWalk(n, 0, 0.25, 0.25, np.random.default_rng(1))
     levels = np.fromiter((next(walk) for _ in range(steps)), dtype=int, count=steps)
     assert levels.min() >= 0 and levels.max() <= n - 1
     assert set(np.abs(np.diff(levels)).tolist()) <= {0, 1}
     freq = np.bincount(levels[1000:], minlength=n) / (steps - 1000)
     np.testing.assert_allclose(freq, 1 / n, atol=0.015)
     # an asymmetric walk is not uniform (the check above can fail)
-    up = rate_walk(n, 0, 0.4, 0.1, np.random.default_rng(1))
+    up = RateWalk(n, 0, 0.4, 0.1, np.random.default_rng(1))
     biased = np.bincount([next(up) for _ in range(20_000)], minlength=n) / 20_000
     assert biased[-1] > 0.5
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Generator, Iterator
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +38,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_
 
 from fedsim.algorithms.base import Algorithm, weighted_sum
 from fedsim.algorithms.context import AlgorithmContext
+from fedsim.algorithms.schedule import start_soon
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
@@ -106,20 +107,31 @@ class DrpgaConfig(Section):
 # -- pure pieces (tested alone) -------------------------------------------------------------------
 
 
-def rate_walk(
-    n_levels: int, start: int, q_up: float, q_down: float, rng: np.random.Generator
-) -> Iterator[int]:
-    """Levels of the update-rate walk, one per round: ±1 with probabilities q_up/q_down, else stay;
-    a step off the grid stays put (so a symmetric walk has a doubly stochastic transition matrix and
-    a uniform stationary distribution)."""
-    level = start
-    while True:
-        yield level
-        u = rng.random()
-        if u < q_up:
-            level = min(level + 1, n_levels - 1)
-        elif u < q_up + q_down:
-            level = max(level - 1, 0)
+class RateWalk:
+    """Levels of the update-rate walk, one per round (an iterator): ±1 with probabilities
+    q_up/q_down, else stay; a step off the grid stays put (so a symmetric walk has a doubly
+    stochastic transition matrix and a uniform stationary distribution). An object, not a
+    generator, so that a run can be checkpointed; the first level draws nothing."""
+
+    def __init__(
+        self, n_levels: int, start: int, q_up: float, q_down: float, rng: np.random.Generator
+    ) -> None:
+        self.n_levels, self.q_up, self.q_down, self.rng = n_levels, q_up, q_down, rng
+        self.level = start
+        self.started = False
+
+    def __iter__(self) -> RateWalk:
+        return self
+
+    def __next__(self) -> int:
+        if self.started:
+            u = self.rng.random()
+            if u < self.q_up:
+                self.level = min(self.level + 1, self.n_levels - 1)
+            elif u < self.q_up + self.q_down:
+                self.level = max(self.level - 1, 0)
+        self.started = True
+        return self.level
 
 
 def block_bounds(
@@ -200,7 +212,7 @@ class Drpga(Algorithm):
         sizes = np.asarray(ctx.clients.sizes, dtype=float)
         raw = np.ones(n) if config.weighting == "uniform" else sizes
         self.q: list[float] = (raw / raw.sum()).tolist()
-        self._levels = rate_walk(
+        self._levels = RateWalk(
             len(config.rates),
             config.start_level,
             config.q_up,
@@ -216,6 +228,8 @@ class Drpga(Algorithm):
         self.applied_round = [0] * n
         self._downloads: dict[tuple[int, int], simpy.Event] = {}
         self._job_done: list[simpy.Event | None] = [None] * n
+        self.client_round = [0] * n
+        """Each client's current round (its job count)."""
         self.rounds_done = 0
 
     # -- rounds ------------------------------------------------------------------------------------
@@ -240,36 +254,49 @@ class Drpga(Algorithm):
             event = self._downloads[key] = self.env.event()
         return event
 
-    # -- the client processes ----------------------------------------------------------------------
-    def run(self) -> Generator[simpy.Event, Any, None]:
+    # -- the clients' loops ------------------------------------------------------------------------
+    # Each client loops on its own (apply the average due, train, share): callbacks on the same
+    # SimPy events its process waited on, started as the processes were (:func:`start_soon`), with
+    # its round in ``self.client_round``, so the trace is the processes' and a run can be
+    # checkpointed.
+    def start(self) -> None:
         for client in range(self.pool.n_clients):
-            self.env.process(self._client(client))
-        yield self.env.event()  # the clients' processes do the work
+            start_soon(self.env, partial(self._next_round, client))
 
-    def _client(self, i: int) -> Generator[simpy.Event, Any, None]:
-        D = self.config.delay_rounds
-        t = 0
-        down = 0
-        while True:
-            t += 1
-            due = t - 1 - D
-            if due >= 1:
-                event = self._download(i, due)
-                if not event.triggered:
-                    yield event
-                down = self._apply(i, due)
-            done = self._job_done[i] = self.env.event()
-            self.pool.take(i)
-            job = self.pool.dispatch(
-                i, 0, self.server.version, self.local[i], self._arrived, self._lost, network=False
-            )
-            job.tag = t
-            # The row's bytes: the share uploaded after training (|M_t| floats) and the average
-            # downloaded before starting (0 for the first D + 1 jobs).
-            job.bytes_up = self.round_info(t).nbytes
-            job.bytes_down = down
-            yield done
-            self._share(i, t)
+    def _next_round(self, i: int, _event: simpy.Event | None = None) -> None:
+        """Client ``i``'s next round ``t``: apply round ``t − 1 − D``'s average (waiting for it if
+        it has not arrived), then train."""
+        t = self.client_round[i] = self.client_round[i] + 1
+        due = t - 1 - self.config.delay_rounds
+        if due >= 1:
+            event = self._download(i, due)
+            if not event.triggered:
+                event.callbacks.append(partial(self._downloaded, i, due))
+                return
+            self._downloaded(i, due, event)
+            return
+        self._train(i, 0)
+
+    def _downloaded(self, i: int, due: int, _event: simpy.Event) -> None:
+        self._train(i, self._apply(i, due))
+
+    def _train(self, i: int, down: int) -> None:
+        t = self.client_round[i]
+        done = self._job_done[i] = self.env.event()
+        self.pool.take(i)
+        job = self.pool.dispatch(
+            i, 0, self.server.version, self.local[i], self._arrived, self._lost, network=False
+        )
+        job.tag = t
+        # The row's bytes: the share uploaded after training (|M_t| floats) and the average
+        # downloaded before starting (0 for the first D + 1 jobs).
+        job.bytes_up = self.round_info(t).nbytes
+        job.bytes_down = down
+        done.callbacks.append(partial(self._trained, i))
+
+    def _trained(self, i: int, _event: simpy.Event) -> None:
+        self._share(i, self.client_round[i])
+        self._next_round(i)
 
     def on_arrival(self, job: Job) -> None:
         w_end = self.local_model(job) if self.learning else None
@@ -310,7 +337,10 @@ class Drpga(Algorithm):
             share = progress if info.mask is None else progress[info.mask]
         self.in_flight[i][t] = share
         upload = self.env.timeout(self.network.transfer_s(info.nbytes))
-        upload.callbacks.append(lambda _e: self._received(i, t, share))
+        upload.callbacks.append(partial(self._uploaded, i, t, share))
+
+    def _uploaded(self, i: int, t: int, share: torch.Tensor | None, _event: simpy.Event) -> None:
+        self._received(i, t, share)
 
     def _received(self, i: int, t: int, share: torch.Tensor | None) -> None:
         """The server holds client ``i``'s share of round ``t``; with all of them, average and reply."""
@@ -335,7 +365,10 @@ class Drpga(Algorithm):
         delay = self.network.transfer_s(info.nbytes)
         for j in range(n):
             arrival = self.env.timeout(delay)
-            arrival.callbacks.append(lambda _e, j=j: self._download(j, t).succeed())
+            arrival.callbacks.append(partial(self._average_arrived, j, t))
+
+    def _average_arrived(self, client: int, t: int, _event: simpy.Event) -> None:
+        self._download(client, t).succeed()
 
     def _apply(self, i: int, t: int) -> int:
         """Client ``i`` applies round ``t``'s average; returns the bytes it downloaded."""
