@@ -3,7 +3,7 @@
 A model answers two questions per client, lazily and in time order: its state at time 0 with the
 time of its first switch (:meth:`Availability.initial`), and, given a switch at ``t`` into a state,
 the time of the next switch (:meth:`Availability.next_switch`); ``inf`` means never. The client
-pool (:class:`fedsim.clients.ClientPool`) keeps one pending switch event per client and applies
+pool (:class:`fedsim.clients.ClientPool`) keeps one pending switch per client and applies
 the semantics: an offline client is not idle (never sampled, never dispatched), a client going
 offline loses its running job at that instant (status ``dropped``, reason ``offline``), and a
 client coming online is idle again and the algorithm is told (``Algorithm.on_client_online``).
@@ -21,12 +21,20 @@ client coming online is idle again and the algorithm is told (``Algorithm.on_cli
   ``E[on] / (E[on] + E[off])`` (stream ``availability.markov``); its first spell is a full
   draw (exact for exponential spells, memoryless; an approximation for other laws). Spells come
   from the streams ``availability.markov.online`` / ``.offline`` in event order.
-- ``trace``: a CSV file ``client,online_s,offline_s``, one row per online interval (an optional
-  header line, ``#`` comments and blank lines are skipped); overlapping or touching intervals
-  of one client are merged; a client is offline outside its intervals (also after its last
-  one). Simulated client ``i`` follows the trace of the ``(i mod m)``-th distinct client id of
-  the file in increasing order (``m`` ids): round-robin when there are more clients than
-  traces.
+- ``trace``: a file of online intervals, either
+
+  - a CSV ``client,online_s,offline_s``, one row per online interval (an optional header line,
+    ``#`` comments and blank lines are skipped); a client is offline outside its intervals
+    (also after its last one); or
+  - FedScale's client behaviour trace (a pickle, told apart by its first byte; see
+    :mod:`fedsim.fedscale` for the format and why reading it runs no code): client ``c`` is
+    online on ``[active[k], inactive[k])`` repeated with period ``finish_time``, as FedScale
+    replays it (intervals clipped to ``[0, finish_time]``; one that ends at ``finish_time``
+    runs on into the next cycle's interval starting at 0).
+
+  Overlapping or touching intervals of one client are merged. Simulated client ``i`` follows
+  the trace of the ``(i mod m)``-th distinct client id of the file in increasing order (``m``
+  ids): round-robin when there are more clients than traces.
 """
 
 from __future__ import annotations
@@ -37,10 +45,19 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field
 
 from fedsim.config_base import DefaultTag, Period, Section
 from fedsim.errors import ScenarioError
+from fedsim.fedscale import (
+    behaviour_trace,
+    decode_text,
+    is_pickle,
+    load_plain_pickle,
+    merge_intervals,
+    read_bytes,
+)
 from fedsim.rng import BlockSampler, SeedStreams
 from fedsim.timing import DelayLaw, ExponentialDelay
 
@@ -85,17 +102,20 @@ class MarkovAvailability(Section):
 
 
 class TraceAvailability(Section):
-    """Online intervals read from a CSV file ``client,online_s,offline_s``."""
+    """Online intervals read from a file: a CSV ``client,online_s,offline_s`` or FedScale's
+    client behaviour trace (pickle; repeated with each client's period ``finish_time``)."""
 
     kind: Literal["trace"] = "trace"
     """Selects this variant."""
     path: str = Field("availability.csv", min_length=1)
-    """CSV file, one row per online interval (relative: to the scenario file's folder).
-    Clients beyond the trace's follow its clients round-robin."""
+    """The file (relative: to the scenario file's folder): a CSV with one row per online interval,
+    or FedScale's client_behave_trace pickle (read with an unpickler that runs no code; see
+    docs/concepts.md). Simulated client i follows the (i mod m)-th client id of the file in
+    increasing order (m ids): round-robin when there are more clients than traces."""
 
     def check(self) -> None:
         """Read the file: a bad one raises a one-line ScenarioError naming the file and line."""
-        read_trace_csv(self.path)
+        read_trace(self.path)
 
 
 AvailabilityConfig = Annotated[
@@ -118,6 +138,11 @@ class Availability:
     def next_switch(self, client: int, t: float, online: bool) -> float:
         """The time of the switch after the one at ``t`` into state ``online``."""
         raise NotImplementedError
+
+    def initial_all(self, n_clients: int) -> tuple[list[bool], list[float]]:
+        """:meth:`initial` of every client, in client order: (states, first switches)."""
+        pairs = [self.initial(client) for client in range(n_clients)]
+        return [state for state, _ in pairs], [at for _, at in pairs]
 
     def online_fraction(self) -> float:
         """The long-run share of time a client is online (expected)."""
@@ -147,6 +172,13 @@ class Diurnal(Availability):
     def next_switch(self, client: int, t: float, online: bool) -> float:
         return t + (self.on_s if online else self.off_s)
 
+    def initial_all(self, n_clients: int) -> tuple[list[bool], list[float]]:
+        if self.fraction >= 1.0:
+            return [True] * n_clients, [INF] * n_clients
+        x = np.mod(-np.asarray(self.phase[:n_clients], dtype=np.float64), self.period)
+        online = x < self.on_s
+        return online.tolist(), np.where(online, self.on_s - x, self.period - x).tolist()
+
     def online_fraction(self) -> float:
         return self.fraction
 
@@ -174,32 +206,72 @@ class Markov(Availability):
 
 
 class Trace(Availability):
+    """Online intervals from a file. A periodic trace (FedScale's, period ``finish_time``) keeps a
+    cursor per client, (cycle, interval), advanced at each switch: the pool asks for the next
+    switch of a client in time order, so the schedule is exact, with no float cycle arithmetic."""
+
     def __init__(self, config: TraceAvailability, n_clients: int) -> None:
-        table = read_trace_csv(config.path)
+        table = read_trace(config.path)
         ids = sorted(table)
-        self.horizon = max(end for starts, ends in table.values() for end in ends)
-        # client i → the intervals of the (i mod m)-th trace client (shared lists, not copies)
-        self.starts = [table[ids[i % len(ids)]][0] for i in range(n_clients)]
-        self.ends = [table[ids[i % len(ids)]][1] for i in range(n_clients)]
+        traces = [table[ids[i % len(ids)]] for i in range(n_clients)]  # shared, not copies
+        self.starts = [t[0] for t in traces]
+        self.ends = [t[1] for t in traces]
+        self.period = [t[2] for t in traces]
+        self.horizon = max((e[-1] for e in self.ends if e), default=0.0)
+        self._cycle = [0] * n_clients
+        self._k = [0] * n_clients  # the interval the client is in (online) or left last
 
     def initial(self, client: int) -> tuple[bool, float]:
-        starts, ends = self.starts[client], self.ends[client]
+        starts, ends, period = self.starts[client], self.ends[client], self.period[client]
+        if period is not None:
+            if not starts:
+                return False, INF
+            self._cycle[client], self._k[client] = 0, -1
+            if starts[0] == 0.0:
+                self._k[client] = 0
+                return True, self._end_of_spell(client)
+            return False, starts[0]
         i = bisect_right(starts, 0.0) - 1
         if i >= 0 and ends[i] > 0.0:
             return True, ends[i]
         return False, starts[i + 1] if i + 1 < len(starts) else INF
 
     def next_switch(self, client: int, t: float, online: bool) -> float:
-        starts, ends = self.starts[client], self.ends[client]
+        starts, ends, period = self.starts[client], self.ends[client], self.period[client]
+        if period is not None:
+            if online:  # the next interval starts now
+                k = self._k[client] + 1
+                if k == len(starts):
+                    k = 0
+                    self._cycle[client] += 1
+                self._k[client] = k
+                return self._end_of_spell(client)
+            k = self._k[client] + 1  # offline now: the next interval's start
+            cycle = self._cycle[client] + (k == len(starts))
+            return cycle * period + starts[k % len(starts)]
         i = bisect_right(starts, t)
         if online:
             return ends[i - 1]
         return starts[i] if i < len(starts) else INF
 
+    def _end_of_spell(self, client: int) -> float:
+        """End of the online spell in the cursor's interval; an interval ending at the period
+        joins the next cycle's first one when that starts at 0 (the cursor moves there)."""
+        starts, ends, period = self.starts[client], self.ends[client], self.period[client]
+        k = self._k[client]
+        if ends[k] == period and starts[0] == 0.0:
+            if len(starts) == 1:
+                return INF  # online for the whole period: always
+            self._cycle[client] += 1
+            self._k[client] = k = 0
+        return self._cycle[client] * period + ends[k]
+
     def online_fraction(self) -> float:
-        pairs = zip(self.starts, self.ends, strict=True)
-        total = sum(sum(e - s for s, e in zip(st, en, strict=True)) for st, en in pairs)
-        return total / (len(self.starts) * self.horizon)
+        shares = []
+        for starts, ends, period in zip(self.starts, self.ends, self.period, strict=True):
+            online = sum(e - s for s, e in zip(starts, ends, strict=True))
+            shares.append(online / (period if period is not None else self.horizon))
+        return sum(shares) / len(shares)
 
 
 def build_availability(
@@ -223,18 +295,26 @@ def build_availability(
 _KEY = "clients.availability.path"
 
 
+def read_trace(path: str | Path) -> dict[int, tuple[list[float], list[float], float | None]]:
+    """``{client: (starts, ends, period)}`` from a trace file: FedScale's behaviour trace (a pickle:
+    periodic, ``period`` its ``finish_time``) or a CSV ``client,online_s,offline_s`` (``period``
+    None). A bad file raises a one-line :class:`ScenarioError` naming the file (and line)."""
+    file, data = read_bytes(path, _KEY)
+    if is_pickle(data):
+        return behaviour_trace(load_plain_pickle(data, file, _KEY), file, _KEY)
+    table = _parse_csv(decode_text(data, file, _KEY), file, str(path))
+    return {client: (starts, ends, None) for client, (starts, ends) in table.items()}
+
+
 def read_trace_csv(path: str | Path) -> dict[int, tuple[list[float], list[float]]]:
     """``{client: (starts, ends)}`` from a CSV ``client,online_s,offline_s`` (intervals sorted,
     overlapping or touching ones merged). A bad file raises a one-line :class:`ScenarioError`
     naming the file and the line."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ScenarioError(f"file not found: {file}", path=_KEY, value=str(path))
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problem = " ".join(str(exc).split())
-        raise ScenarioError(f"cannot read {file}: {problem}", path=_KEY, value=str(path)) from None
+    file, data = read_bytes(path, _KEY)
+    return _parse_csv(decode_text(data, file, _KEY), file, str(path))
+
+
+def _parse_csv(text: str, file: Path, value: str) -> dict[int, tuple[list[float], list[float]]]:
     rows: dict[int, list[tuple[float, float]]] = {}
     first = True
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -248,7 +328,7 @@ def read_trace_csv(path: str | Path) -> dict[int, tuple[list[float], list[float]
         first = False
 
         def bad(why: str, lineno: int = lineno) -> ScenarioError:
-            return ScenarioError(f"{file} line {lineno}: {why}", path=_KEY, value=str(path))
+            return ScenarioError(f"{file} line {lineno}: {why}", path=_KEY, value=value)
 
         if len(fields) != 3:
             raise bad(f"expected 3 fields client,online_s,offline_s, got {len(fields)}")
@@ -270,20 +350,8 @@ def read_trace_csv(path: str | Path) -> dict[int, tuple[list[float], list[float]
             raise bad(f"offline_s must be > online_s, got {on:g},{off:g}")
         rows.setdefault(client, []).append((on, off))
     if not rows:
-        raise ScenarioError(f"{file} holds no intervals", path=_KEY, value=str(path))
-    table: dict[int, tuple[list[float], list[float]]] = {}
-    for client, spans in rows.items():
-        spans.sort()
-        starts: list[float] = []
-        ends: list[float] = []
-        for on, off in spans:
-            if ends and on <= ends[-1]:  # overlapping or touching: one interval
-                ends[-1] = max(ends[-1], off)
-            else:
-                starts.append(on)
-                ends.append(off)
-        table[client] = (starts, ends)
-    return table
+        raise ScenarioError(f"{file} holds no intervals", path=_KEY, value=value)
+    return {client: merge_intervals(spans) for client, spans in rows.items()}
 
 
 __all__ = [
@@ -294,5 +362,6 @@ __all__ = [
     "MarkovAvailability",
     "TraceAvailability",
     "build_availability",
+    "read_trace",
     "read_trace_csv",
 ]

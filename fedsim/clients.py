@@ -8,7 +8,8 @@ Timeout object and no closure, is what lets a timing-only run reach a million up
 only computed when the algorithm asks for the update.
 
 With ``clients.availability`` (:mod:`fedsim.availability`) the pool also keeps one pending switch
-event per client (a plain callback, like jobs): an offline client is not idle, so it is never
+per client, in a calendar of its own with one event on the SimPy queue for the earliest (a plain
+callback, like jobs; ties in client order): an offline client is not idle, so it is never
 sampled nor dispatched; a client going offline loses its running job at that instant (status
 ``dropped``, reason ``offline``, its ``on_dropped`` runs then, the job's own event later finds it
 closed); a client coming online is idle again, idle waiters wake, and ``on_online`` (the
@@ -17,6 +18,7 @@ algorithm's ``on_client_online``) is called.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 
@@ -92,7 +94,9 @@ class ClientPool:
     """The client population: idle clients, dispatch, cancellation.
 
     Idle clients are kept in a list; a random one is taken by swapping it with the last entry, so
-    picking is O(1) and depends only on the sampling stream (never on set iteration order).
+    picking is O(1) and depends only on the sampling stream (never on set iteration order). Each
+    client's position in that list is kept too (``-1``: not idle), so taking a given client
+    (cohorts, a client going offline) is O(1) as well, never a scan of 100k entries.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class ClientPool:
         # Algorithms that only need w_end switch it off: a job then holds one model, not two.
         self.keep_start = True
         self.idle: list[int] = list(range(n_clients))
+        self._slot: list[int] = list(range(n_clients))  # client -> its index in idle, or -1
         self._pick_u = BlockSampler(streams.generator("sampling.clients").random)
         self._next_job = 0
         self.in_flight = 0
@@ -128,6 +133,9 @@ class ClientPool:
         # clients.availability: None = always online (no switch events, no extra state).
         self.availability = availability
         self.online: list[bool] | None = None
+        # With availability: client -> its open job (a client runs one job at a time: it is taken
+        # from idle to be dispatched and comes back when the job ends).
+        self._running: dict[int, Job] | None = None
         self.n_online = n_clients
         self.on_online: Callable[[int], None] | None = None
         """Told of every client coming online (set by the algorithm: ``on_client_online``)."""
@@ -137,24 +145,37 @@ class ClientPool:
     # -- choosing clients ---------------------------------------------------------------------------
     def take_idle(self) -> int:
         """Remove and return a uniformly chosen idle client."""
-        idle = self.idle
+        idle, slot = self.idle, self._slot
         i = int(self._pick_u() * len(idle))
         client = idle[i]
-        idle[i] = idle[-1]
-        idle.pop()
+        slot[client] = -1
+        last = idle.pop()  # the swap-and-pop of _remove_at, inline: the async hot path
+        if i < len(idle):
+            idle[i] = last
+            slot[last] = i
         return client
 
     def take(self, client: int) -> None:
-        """Remove a given idle ``client`` from the idle list (algorithms that pick clients themselves).
+        """Remove a given idle ``client`` from the idle list (algorithms that pick clients
+        themselves); O(1)."""
+        i = self._slot[client]
+        if i < 0:
+            raise RuntimeError(f"client {client} is not idle")
+        self._remove_at(i)
 
-        Linear in the number of idle clients: meant for per-server cohorts, not the async hot path.
-        """
-        try:
-            i = self.idle.index(client)
-        except ValueError:
-            raise RuntimeError(f"client {client} is not idle") from None
-        self.idle[i] = self.idle[-1]
-        self.idle.pop()
+    def _remove_at(self, i: int) -> None:
+        """Remove ``idle[i]`` by moving the last entry into its place (the order the sampling
+        stream sees, unchanged from a plain swap-and-pop)."""
+        idle, slot = self.idle, self._slot
+        slot[idle[i]] = -1
+        last = idle.pop()
+        if i < len(idle):
+            idle[i] = last
+            slot[last] = i
+
+    def _append_idle(self, client: int) -> None:
+        self._slot[client] = len(self.idle)
+        self.idle.append(client)
 
     def sample(self, k: int) -> list[int]:
         """``min(k, idle)`` distinct idle clients, uniformly, in draw order (they stop being idle)."""
@@ -170,7 +191,7 @@ class ClientPool:
         return event
 
     def _release(self, client: int) -> None:
-        self.idle.append(client)
+        self._append_idle(client)
         if self._idle_waiters:
             self._wake_idle_waiters()
 
@@ -230,8 +251,9 @@ class ClientPool:
         self.in_flight += 1
         self.open_jobs[job.id] = job
         job.on_done = on_dropped if dropped else on_arrival
-        if self.online is not None:
+        if self._running is not None:
             job.on_lost = on_dropped
+            self._running[client] = job
         job.callbacks = self._job_callbacks
         env.schedule(job, delay=delay)
         return job
@@ -245,7 +267,11 @@ class ClientPool:
         if not self.in_flight:
             self._idle_since = job.arrived_at
         del self.open_jobs[job.id]
-        self.idle.append(job.client)
+        client = job.client
+        if self._running is not None:
+            del self._running[client]
+        self._slot[client] = len(self.idle)
+        self.idle.append(client)
         if self._idle_waiters:
             self._wake_idle_waiters()
         job.on_done(job)
@@ -263,6 +289,8 @@ class ClientPool:
             if not self.in_flight:
                 self._idle_since = job.arrived_at
             del self.open_jobs[job.id]
+            if self._running is not None:
+                del self._running[job.client]
             self._release(job.client)
 
     # -- the system's idle time ------------------------------------------------------------------------
@@ -274,53 +302,67 @@ class ClientPool:
 
     # -- availability ----------------------------------------------------------------------------------
     def _start_availability(self) -> None:
-        """Each client's state at time 0 and its first switch event; offline clients leave idle."""
-        avail = self.availability
-        self.online = online = [True] * self.n_clients
-        self._switch_callbacks = (self._switch,)
-        for client in range(self.n_clients):
-            state, at = avail.initial(client)
-            online[client] = state
-            if not state:
-                self.n_online -= 1
-            self._schedule_switch(client, not state, at)
+        """Each client's state at time 0 and its first switch; offline clients leave idle.
+
+        The pending switches are a calendar of its own (a heap of ``(time, client)``: one entry per
+        client, ties in client order) with one event on the SimPy queue for its earliest entry, so
+        100k clients cost the event queue one entry, not 100k (see benchmarks/bench_availability.py).
+        """
+        online, first = self.availability.initial_all(self.n_clients)
+        self.online = online
+        self.n_online = sum(online)
+        self._running = {}
+        self._calendar = [(at, c) for c, at in enumerate(first) if at != math.inf]
+        heapq.heapify(self._calendar)
+        self._tick = SwitchTick()
+        self._tick_callbacks = (self._on_tick,)
+        self._arm()
         self.idle = [c for c in self.idle if online[c]]
+        self._slot = [-1] * self.n_clients
+        for i, client in enumerate(self.idle):
+            self._slot[client] = i
 
-    def _schedule_switch(self, client: int, to_online: bool, at: float) -> None:
-        if at == math.inf:
-            return
-        switch = Switch(client, to_online)
-        switch.callbacks = self._switch_callbacks
-        self.env.schedule(switch, delay=max(at - self.env.now, 0.0))
+    def _arm(self) -> None:
+        """Put the tick on the SimPy queue at the calendar's earliest switch (if any)."""
+        if self._calendar:
+            self._tick.callbacks = self._tick_callbacks
+            self.env.schedule(self._tick, delay=max(self._calendar[0][0] - self.env.now, 0.0))
 
-    def _switch(self, switch: Switch) -> None:
-        client, now = switch.client, self.env.now
-        self.online[client] = switch.online
-        self._schedule_switch(
-            client,
-            not switch.online,
-            self.availability.next_switch(client, now, switch.online),
-        )
-        if switch.online:
-            self.n_online += 1
-            self.idle.append(client)
+    def _on_tick(self, _tick: SwitchTick) -> None:
+        """Apply every switch due now, then let the algorithm react: clients sharing a switch
+        time (one trace, one time zone) all change state before any job is lost or any client is
+        dispatched, so nobody is dispatched at the instant it goes offline."""
+        calendar, now, online = self._calendar, self.env.now, self.online
+        next_switch = self.availability.next_switch
+        lost: list[Job] = []
+        came: list[int] = []
+        while calendar and calendar[0][0] <= now:
+            at, client = heapq.heappop(calendar)
+            state = not online[client]
+            online[client] = state
+            at = next_switch(client, at, state)  # from the exact switch time, not env.now
+            if at != math.inf:
+                heapq.heappush(calendar, (at, client))
+            if state:
+                self.n_online += 1
+                self._append_idle(client)
+                came.append(client)
+                continue
+            self.n_online -= 1
+            job = self._running.pop(client, None)
+            if job is not None:
+                lost.append(job)
+            elif (i := self._slot[client]) >= 0:  # else taken but not dispatched: not idle
+                self._remove_at(i)
+        self._arm()
+        for job in lost:
+            self._lose(job)
+        if came:
             if self._idle_waiters:
                 self._wake_idle_waiters()
             if self.on_online is not None:
-                self.on_online(client)
-            return
-        self.n_online -= 1
-        lost = [job for job in self.open_jobs.values() if job.client == client]
-        if not lost:
-            try:
-                i = self.idle.index(client)
-            except ValueError:
-                return  # taken by the algorithm but not dispatched: it is not idle anyway
-            self.idle[i] = self.idle[-1]
-            self.idle.pop()
-            return
-        for job in lost:
-            self._lose(job)
+                for client in came:
+                    self.on_online(client)
 
     def _lose(self, job: Job) -> None:
         """``job``'s client went offline now: the job is dropped (reason ``offline``); the phases
@@ -346,14 +388,13 @@ class ClientPool:
         job.on_lost(job)
 
 
-class Switch:
-    """One client's switch online or offline: an event on the SimPy queue (a plain callback)."""
+class SwitchTick:
+    """The pool's one event on the SimPy queue for availability: at the earliest pending switch
+    (a plain callback, like jobs; re-armed after each firing)."""
 
-    __slots__ = ("_ok", "_value", "callbacks", "client", "online")
+    __slots__ = ("_ok", "_value", "callbacks")
 
-    def __init__(self, client: int, online: bool) -> None:
-        self.client = client
-        self.online = online
+    def __init__(self) -> None:
         self.callbacks: tuple | None = None
         self._ok = True
         self._value = None

@@ -9,6 +9,7 @@ does it for a test (a pool built with an availability given is left as it is).
 
 from __future__ import annotations
 
+import bisect
 import math
 import pickle
 from pathlib import Path
@@ -476,3 +477,149 @@ def test_a_run_takes_its_availability_from_the_scenario_and_resumes_from_a_check
     assert (tmp_path / "stopped" / "events.parquet").read_bytes() == (
         tmp_path / "whole" / "events.parquet"
     ).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# FedScale's client behaviour trace (a pickle)
+
+
+def _fedscale_trace() -> dict:
+    """A small trace in FedScale's format (client id -> active/inactive/finish_time/...)."""
+    return {
+        11: {"active": [0, 60], "inactive": [20, 100], "finish_time": 100, "duration": 100},
+        4: {"active": [30.5], "inactive": [50.0], "finish_time": 80, "model": "SM-G930F"},
+        9: {"active": [10, 15, 70], "inactive": [18, 40, 120], "finish_time": 90},
+    }
+
+
+def _online_fedscale(entry: dict, t: float) -> bool:
+    """FedScale's own reading, written independently: online when t mod finish_time falls in
+    one of the [active, inactive) intervals (clipped to the period)."""
+    x = t % entry["finish_time"]
+    return any(
+        a <= x < min(b, entry["finish_time"])
+        for a, b in zip(entry["active"], entry["inactive"], strict=True)
+    )
+
+
+def _switches(model: Trace, client: int, horizon: float) -> tuple[bool, list[float]]:
+    """The client's state at 0 and its switch times up to ``horizon``, asked in time order as
+    the pool does."""
+    online, at = model.initial(client)
+    state, times = online, []
+    while at <= horizon:
+        times.append(at)
+        state = not state
+        at = model.next_switch(client, at, state)
+    return online, times
+
+
+def test_fedscale_trace_round_trip_periodic_and_round_robin(tmp_path):
+    trace = _fedscale_trace()
+    path = tmp_path / "client_behave_trace"  # FedScale's name: no extension, told by its bytes
+    path.write_bytes(pickle.dumps(trace))
+    config = ClientsConfig(availability={"kind": "trace", "path": str(path)}).availability
+    model = build_availability(config, 7, SeedStreams(0))
+    assert isinstance(model, Trace)
+    ids = sorted(trace)  # 4, 9, 11: client i follows ids[i mod 3]
+    # client 1 (id 9): [10,18), [15,40) merged to [10,40); [70,120) clipped to [70,90) and
+    # running on into the next cycle's... nothing at 0: offline at 90.
+    assert model.initial(1) == (False, 10.0)
+    # client 2 (id 11): [0,20) and [60,100): [60,100) touches the period, joins [100,120)
+    assert _switches(model, 2, 250.0) == (True, [20.0, 60.0, 120.0, 160.0, 220.0])
+    horizon = 400.0
+    probes = [i * 0.37 + 0.001 for i in range(int(horizon / 0.37))]
+    for client in range(7):
+        entry = trace[ids[client % 3]]
+        online, times = _switches(model, client, horizon)
+        assert times == sorted(times) and len(set(times)) == len(times)
+        for t in probes:
+            state = online ^ (bisect.bisect_right(times, t) % 2 == 1)
+            assert state == _online_fedscale(entry, t), (client, t)
+    share = [(50 - 30.5) / 80, (30 + 20) / 90, (20 + 40) / 100]
+    assert model.online_fraction() == pytest.approx(sum(share[c % 3] for c in range(7)) / 7)
+
+
+def test_fedscale_trace_drives_a_run(tmp_path):
+    """Through fedsim.run: every job goes to a client online by FedScale's reading, and the ones
+    cut by a switch are dropped (reason offline) at an interval's end."""
+    trace = _fedscale_trace()
+    path = tmp_path / "trace.pkl"
+    path.write_bytes(pickle.dumps(trace, protocol=4))
+    clients = {
+        "count": 9,
+        "compute": {"dist": "exponential", "mean_s": 6.0},
+        "availability": {"kind": "trace", "path": str(path)},
+    }
+    algorithm = {"name": "fedasync", "concurrency": 3}
+    result = fedsim.run(scenario(algorithm, 300.0, clients, seed=2), out=tmp_path / "run")
+    rows = events(result)
+    ids = sorted(trace)
+    assert len(rows) > 20
+    offline = rows[rows["reason"] == "offline"]
+    assert len(offline) > 0
+    for row in rows.itertuples(index=False):
+        entry = trace[ids[row.client % 3]]
+        assert _online_fedscale(entry, row.dispatched_at + 1e-9), row
+    for row in offline.itertuples(index=False):
+        entry = trace[ids[row.client % 3]]
+        assert _online_fedscale(entry, row.sim_time - 1e-9)
+        assert not _online_fedscale(entry, row.sim_time + 1e-9), row
+
+
+class _RunsCode:
+    """What a malicious pickle looks like: unpickling it calls a function of the file's choice."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _validate_error(tmp_path: Path, capsys, file: str) -> str:
+    """``fedsim validate`` of a scenario with ``file`` as its trace: exit 2 and a one-line error."""
+    scenario_file = _write(
+        tmp_path / "s.yaml",
+        "name: t\ntraining: none\nstop: {time_s: 5}\n"
+        f"clients: {{count: 2, availability: {{kind: trace, path: {file}}}}}\n",
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["validate", str(scenario_file)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and file in err, err
+    return err
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, capsys):
+    payload = {0: {"active": [0], "inactive": [1], "finish_time": _RunsCode(tmp_path / "pwned")}}
+    (tmp_path / "trace.pkl").write_bytes(pickle.dumps(payload))
+    # the plain pickle module runs it: that is what the restricted reader prevents
+    pickle.loads(pickle.dumps(_RunsCode(tmp_path / "plain")))
+    assert (tmp_path / "plain").exists()
+    err = _validate_error(tmp_path, capsys, "trace.pkl")
+    assert "pathlib.Path.touch" in err and "only plain dicts, lists and numbers" in err
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([1, 2], "expected a non-empty dict client_id"),
+        ({}, "expected a non-empty dict client_id"),
+        ({0: {"active": [0]}}, "client 0: expected a dict with keys active, inactive"),
+        ({0: {"active": [0, 5], "inactive": [1], "finish_time": 9}}, "2 active times but 1"),
+        ({0: {"active": [5], "inactive": [1], "finish_time": 9}}, "inactive time 1 before"),
+        ({0: {"active": [0], "inactive": [1], "finish_time": 0}}, "finish_time must be > 0"),
+        ({0: {"active": ["a"], "inactive": [1], "finish_time": 9}}, "must be a number"),
+        ({"x": {"active": [0], "inactive": [1], "finish_time": 9}}, "is not an integer"),
+        (b"truncated", "cannot read the pickle"),
+    ],
+)
+def test_malformed_fedscale_traces_are_one_line_errors(tmp_path, capsys, content, message):
+    data = pickle.dumps(content)
+    if isinstance(content, bytes):
+        data = data[: len(data) // 2]
+    (tmp_path / "trace.pkl").write_bytes(data)
+    assert message in _validate_error(tmp_path, capsys, "trace.pkl")
