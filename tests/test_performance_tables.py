@@ -25,11 +25,13 @@ TABLES = {
     "benchmarks/results/checkpoint.json": "benchmarks/bench_checkpoint.py",
     "benchmarks/results/paths.json": "benchmarks/bench_paths.py",
     "benchmarks/results/frain_nullifiers.json": "benchmarks/experiments/frain_nullifiers.py",
+    "benchmarks/results/scaffold_vs_fedavg.json": "benchmarks/experiments/scaffold_vs_fedavg.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
 PAGES = {
     "benchmarks/results/fault_injection.json": ROOT / "docs" / "validation.md",
     "benchmarks/results/frain_nullifiers.json": ROOT / "docs" / "experiments.md",
+    "benchmarks/results/scaffold_vs_fedavg.json": ROOT / "docs" / "algorithms" / "scaffold.md",
 }
 """Tables that live on another page than docs/performance.md."""
 
