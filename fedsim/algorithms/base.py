@@ -22,7 +22,7 @@ from fedsim.clients import ClientPool, Job
 from fedsim.learning.params import all_finite
 from fedsim.robust.aggregators import CoordinateMedianConfig, screen_updates
 from fedsim.robust.aggregators import aggregate as robust_aggregate
-from fedsim.robust.attacks import client_attack, server_attack
+from fedsim.robust.attacks import MimicConfig, client_attack, server_attack
 
 
 class ServerModel:
@@ -78,6 +78,11 @@ class Algorithm:
         self.attack = byz.attack if byz is not None else None
         self.client_attack = self.attack is not None and self.attack.stage == "client"
         self.server_attack = self.attack is not None and self.attack.stage == "server"
+        # mimic: one ranking of the clients per run; attackers copy the best-ranked honest row.
+        self.mimic_rank: list[int] | None = None
+        if isinstance(self.attack, MimicConfig):
+            draw = ctx.streams.generator("byzantine.mimic").permutation(ctx.clients.count)
+            self.mimic_rank = draw.tolist()
         # The exact historical code path (weighted_sum / lerp) unless robustness is asked for.
         self.robust = byz is not None or (
             self.aggregator is not None and self.aggregator.name != "mean"
@@ -243,25 +248,63 @@ class Algorithm:
         not counted.
         """
         rows = torch.stack(deltas)
+        weights = torch.tensor(raw, dtype=torch.float64, device=rows.device)
+        cfg = self.aggregator_for(len(jobs))
         if self.server_attack:
             byz = [self.ctx.clients.byzantine[j.client] for j in jobs]
             n_byz = sum(byz)
             if 0 < n_byz < len(jobs):
                 mask = torch.tensor(byz, device=rows.device)
-                bad = server_attack(self.attack, rows[~mask], n_total=len(jobs), f=n_byz)
+                honest_clients = [j.client for j, b in zip(jobs, byz, strict=True) if not b]
+                bad = self.attack_vector(rows, mask, honest_clients, weights, cfg)
                 rows = rows.clone()
                 rows[mask] = bad.to(rows.dtype)
             elif n_byz and not attacked:  # every row Byzantine: nothing to imitate
                 self.unattacked_sets += 1
                 self.unattacked_updates += n_byz
-        weights = torch.tensor(raw, dtype=torch.float64, device=rows.device)
-        cfg = self.aggregator
-        if cfg.name == "krum" and not (len(jobs) > 2 * cfg.f + 2 and cfg.m <= len(jobs) - cfg.f):
-            cfg = CoordinateMedianConfig()
+        if cfg is not self.aggregator:
             self.ctx.trace.count("robust_fallbacks")
         result = robust_aggregate(cfg, rows, weights, previous=self.last_aggregate)
         self.last_aggregate = result
         return result
+
+    def aggregator_for(self, n: int) -> Any:
+        """The aggregator for a set of ``n`` rows: the scenario's, or the coordinate median when
+        Krum cannot run on ``n`` rows (counted in ``robust_fallbacks`` by :meth:`combine`)."""
+        cfg = self.aggregator
+        if cfg.name == "krum" and not (n > 2 * cfg.f + 2 and cfg.m <= n - cfg.f):
+            return CoordinateMedianConfig()
+        return cfg
+
+    def attack_vector(
+        self,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        honest_clients: list[int],
+        weights: torch.Tensor,
+        cfg: Any,
+    ) -> torch.Tensor:
+        """What every Byzantine slot (``mask``) of the set ``rows`` sends under the server-side
+        attack: computed from the honest rows (of ``honest_clients``); the optimal attacks search
+        against ``cfg`` with ``weights`` (the aggregation in use), mimic copies the honest row of
+        the client ranked first by the run's ``byzantine.mimic`` stream."""
+
+        def aggregate_with(v: torch.Tensor) -> torch.Tensor:
+            trial = rows.clone()
+            trial[mask] = v.to(rows.dtype)
+            return robust_aggregate(cfg, trial, weights, previous=self.last_aggregate)
+
+        rank = self.mimic_rank
+        target = (
+            0
+            if rank is None
+            else min(range(len(honest_clients)), key=lambda i: rank[honest_clients[i]])
+        )
+        honest = rows[~mask]
+        n_byz = int(mask.sum())
+        return server_attack(
+            self.attack, honest, n_total=len(rows), f=n_byz, aggregate=aggregate_with, target=target
+        )
 
     # -- the server pipeline: aggregate(updates, weights) → apply(step) --------------------------------
     def aggregate(

@@ -22,7 +22,6 @@ from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.clients import Job
 from fedsim.config_base import Section
-from fedsim.robust.attacks import server_attack
 
 
 class FedAsyncConfig(Section):
@@ -53,7 +52,8 @@ class FedAsync(Algorithm):
         byz = ctx.scenario.byzantine
         size = byz.window if byz is not None else 10
         self.window: deque[tuple[Job, torch.Tensor]] = deque(maxlen=size)
-        self.honest_window: deque[torch.Tensor] = deque(maxlen=size)
+        self.honest_window: deque[tuple[int, torch.Tensor]] = deque(maxlen=size)
+        """(client, delta) of the recent honest arrivals: what server-side attacks imitate."""
         # Plain FedAsync mixes w_end in and never needs w_start: jobs need not keep it.
         needs_start = self.robust or self.max_norm is not None or self.attack is not None
         self.pool.keep_start = needs_start
@@ -98,11 +98,16 @@ class FedAsync(Algorithm):
                     job, "rejected", "no_honest_reference"
                 )  # nothing to imitate yet: the attacker stays silent
                 return
-            honest = torch.stack(list(self.honest_window))
-            n_total = len(self.honest_window) + 1
-            delta = server_attack(self.attack, honest, n_total=n_total, f=1).to(delta.dtype)
+            # The set the attack aims at: the honest window plus its one Byzantine row.
+            rows = torch.stack([d for _, d in self.honest_window] + [delta])
+            mask = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+            mask[-1] = True
+            ones = torch.ones(len(rows), dtype=torch.float64, device=rows.device)
+            clients = [c for c, _ in self.honest_window]
+            cfg = self.aggregator_for(len(rows))
+            delta = self.attack_vector(rows, mask, clients, ones, cfg).to(delta.dtype)
         elif not byz:
-            self.honest_window.append(delta)
+            self.honest_window.append((job.client, delta))
         self.record(job, "applied")
         alpha_k = self.config.alpha * self.config.staleness.weight(k)
         if self.aggregator.name == "mean":  # plain FedAsync mixing of the (attacked) local model
