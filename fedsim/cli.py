@@ -203,6 +203,8 @@ PLOT_KINDS = (
     "staleness_time",
     "timeline",
     "contribution",
+    "online",
+    "participation",
     "consensus",
     "bytes",
     "graph",
@@ -216,10 +218,10 @@ PLOT_KINDS = (
 def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
     """Plot one or more run directories (several runs overlay where the kind allows)."""
     from fedsim import plots
-    from fedsim.simulation import Result
+    from fedsim.result import Result
 
     results = [_load_run(Result, d) for d in run_dirs]
-    single = {"staleness_time", "timeline", "contribution", "graph"}
+    single = {"staleness_time", "timeline", "contribution", "online", "participation", "graph"}
     if kind in single and len(results) > 1:
         raise click.UsageError(f"--kind {kind} takes one run directory, got {len(results)}")
     if kind in ("accuracy", "loss"):
@@ -243,6 +245,8 @@ def plot(run_dirs: tuple[Path, ...], kind: str, out_file: Path) -> None:
         figure = plots.client_timeline(results[0])
     elif kind == "contribution":
         figure = plots.client_contribution(results[0], speeds=plots.client_speeds(results[0]))
+    elif kind in ("online", "participation"):
+        figure = (plots.online_clients if kind == "online" else plots.participation)(results[0])
     else:
         figure = _network_plot(kind, results, run_dirs)
     out_file.parent.mkdir(parents=True, exist_ok=True)

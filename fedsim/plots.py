@@ -1,7 +1,10 @@
 """Figures of runs: accuracy over simulated time, staleness, stragglers, client timelines, partitions.
 
-Every function takes :class:`~fedsim.simulation.Result` objects (or run directories, read with
-``Result.load``) or DataFrames and returns a :class:`matplotlib.figure.Figure`. Figures are built with
+Every function takes :class:`~fedsim.result.Result` objects (or run directories, read with
+``Result.load``) or DataFrames and returns a :class:`matplotlib.figure.Figure`. Facts about the
+clients (speeds, stragglers, data, availability) are the run's own, read from its directory
+(``clients.parquet``, ``availability.parquet``): nothing is drawn again from the seed, and the
+simulation engine is never imported. Figures are built with
 ``Figure(...)`` directly, never through ``pyplot``: nothing is shown, no global figure registry grows,
 and the module works under any backend (Agg included). Save one with ``fig.savefig("x.png")``.
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +31,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from fedsim.simulation import Result
+from fedsim.errors import ScenarioError
+from fedsim.result import Result
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -48,6 +53,8 @@ STANDARD_FIGURES = (
     "staleness",
     "timeline",
     "contribution",
+    "online",
+    "participation",
 )
 """Names (and PNG file stems) of the figures :func:`standard_figures` makes."""
 
@@ -75,6 +82,7 @@ COMPUTE_COLOR = "#1f77b4"
 COMM_COLOR = "#ff9f1c"
 LOST_COLOR = "#f4a6a6"
 CANCELLED_COLOR = "#bdbdbd"
+OFFLINE_COLOR = "#f2f2f2"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -596,30 +604,70 @@ def time_to_target(
 # Clients: timeline, contribution, speeds, partitions
 
 
+def client_facts(result: ResultLike, task: int = 0) -> pd.DataFrame:
+    """What the run drew about each client (``clients.parquet``: speed, straggler, Byzantine,
+    server, data size, label counts, time online), one row per client of ``task``, by client id.
+
+    A run directory written before fedsim recorded its clients raises :class:`ScenarioError`."""
+    clients = _as_result(result).clients
+    return clients[clients["task"] == task].sort_values("client").reset_index(drop=True)
+
+
 def client_speeds(result: ResultLike) -> np.ndarray:
-    """Each client's fixed duration multiplier (heterogeneity × straggler slowdown; > 1 = slower),
-    rebuilt from the scenario and seed exactly as the run drew it (the streams are named and
-    independent, so nothing else needs replaying)."""
-    return np.asarray(_client_timing(result).speed, dtype=float)
+    """Each client's fixed duration multiplier as the run drew it (heterogeneity × straggler
+    slowdown × ``byzantine.speed``; > 1 = slower), from ``clients.parquet``."""
+    return client_facts(result)["speed"].to_numpy(dtype=float)
 
 
-def _client_timing(result: ResultLike) -> Any:
-    from fedsim.rng import SeedStreams
-    from fedsim.timing import ClientTiming
+def _run_end(result: Result) -> float:
+    """The simulated time the run stopped at."""
+    end = result.summary.get("sim_time_s")
+    if end is not None:
+        return float(end)
+    times = [float(t["sim_time"].max()) for t in (result.events, result.evals) if len(t)]
+    return max(times, default=0.0)
 
-    scenario = _as_result(result).scenario
-    c = scenario.clients
-    return ClientTiming(
-        compute=c.compute,
-        heterogeneity=c.heterogeneity,
-        stragglers=c.stragglers,
-        dropout=c.dropout,
-        network=c.network,
-        n_clients=c.count,
-        bytes_down=0,
-        bytes_up=0,
-        streams=SeedStreams(scenario.seed or 0),
+
+def online_counts(result: ResultLike) -> tuple[np.ndarray, np.ndarray]:
+    """Clients online over time as a step function: ``(times, counts)``, ``counts[i]`` holding from
+    ``times[i]`` to the next time (from ``clients.parquet`` and ``availability.parquet``)."""
+    result = _as_result(result)
+    start = int(client_facts(result)["online_at_start"].sum())
+    switches = result.availability.sort_values("sim_time", kind="stable")
+    times = np.concatenate([[0.0], switches["sim_time"].to_numpy(float)])
+    steps = np.where(switches["online"].to_numpy(bool), 1, -1)
+    counts = start + np.concatenate([[0], np.cumsum(steps)])
+    keep = np.append(times[1:] != times[:-1], True)  # the count after every switch at a time
+    return times[keep], counts[keep]
+
+
+def offline_spans(
+    result: ResultLike, clients: Sequence[int]
+) -> dict[int, list[tuple[float, float]]]:
+    """Each listed client's offline intervals ``[(start, end), ...]`` over the run."""
+    result = _as_result(result)
+    facts = client_facts(result)
+    end = _run_end(result)
+    switches = result.availability
+    switches = switches[switches["client"].isin(list(clients))].sort_values(
+        "sim_time", kind="stable"
     )
+    by_client = {int(c): rows for c, rows in switches.groupby("client")}
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for client in clients:
+        rows = by_client.get(int(client))
+        times = rows["sim_time"].to_numpy(float) if rows is not None else np.array([])
+        states = rows["online"].to_numpy(bool) if rows is not None else np.array([], bool)
+        online = bool(facts["online_at_start"].iloc[client])
+        since, out = 0.0, []
+        for t, state in zip(times, states, strict=True):
+            if not online and state:
+                out.append((since, float(t)))
+            online, since = bool(state), float(t)
+        if not online:
+            out.append((since, end))
+        spans[int(client)] = [(a, b) for a, b in out if b > a]
+    return spans
 
 
 def _segments(
@@ -663,7 +711,10 @@ def client_timeline(
     moment they were cancelled; late, rejected and abandoned jobs end in their own marker. The download
     time is the scenario's network transfer time of ``bytes_down``; the upload is the rest of ``comm_s``.
     ``time_range`` zooms in (simulated seconds). With ``show_speeds`` each row is labelled with the
-    client's duration multiplier.
+    client's duration multiplier. With ``clients.availability`` the spans a client was offline are
+    hatched. Speeds and offline spans come from the run directory (``clients.parquet``,
+    ``availability.parquet``); a directory written before fedsim recorded them gets the timeline
+    without them, and a warning.
     """
     result = _as_result(result)
     scenario = result.scenario
@@ -687,6 +738,19 @@ def client_timeline(
 
     fig = Figure(figsize=(11, 1.6 + 0.32 * n), layout="constrained")
     ax = fig.add_subplot()
+    if scenario.clients.availability.kind != "always":
+        try:
+            spans = offline_spans(result, range(n))
+        except ScenarioError as exc:
+            warnings.warn(f"offline spans not shown: {exc}", stacklevel=2)
+            spans = {}
+        pairs = [(c, a, b) for c, items in spans.items() for a, b in items]
+        if pairs:
+            rows_, lefts, rights = (np.array(v, dtype=float) for v in zip(*pairs, strict=True))
+            offline = _segments(ax, rows_, lefts, rights, OFFLINE_COLOR, "offline", height=0.9)
+            offline.set_hatch("///")
+            offline.set_edgecolor("0.75")
+            offline.set_zorder(0)
     # One PolyCollection per kind of segment: thousands of jobs stay cheap to draw.
     comm_rows = normal | lost
     _segments(
@@ -737,8 +801,13 @@ def client_timeline(
             )
     ax.set_ylim(n - 0.5, -0.5)
     ax.set_yticks(range(n))
+    speeds = None
     if show_speeds:
-        speeds = client_speeds(result)[:n]
+        try:
+            speeds = client_speeds(result)[:n]
+        except ScenarioError as exc:
+            warnings.warn(f"speeds not shown: {exc}", stacklevel=2)
+    if speeds is not None:
         ax.set_yticklabels([f"{c} (×{s:.2g})" for c, s in enumerate(speeds)], fontsize="small")
         ax.set_ylabel("client (duration multiplier)")
     else:
@@ -771,6 +840,22 @@ def _per_client_counts(result: Result) -> pd.DataFrame:
         "unused": status.isin(["late", "cancelled", "rejected", "abandoned"]).to_numpy(),
     }
     return pd.DataFrame({k: np.bincount(client[m], minlength=n) for k, m in kinds.items()})
+
+
+def _stragglers(result: Result, n: int) -> np.ndarray:
+    """Each client's straggler flag (all False, with a warning, for a run directory without
+    ``clients.parquet``)."""
+    try:
+        return client_facts(result)["straggler"].to_numpy(dtype=bool)
+    except ScenarioError as exc:
+        warnings.warn(f"stragglers not marked: {exc}", stacklevel=3)
+        return np.zeros(n, dtype=bool)
+
+
+def _group_means(ax: Axes, group: np.ndarray, x: np.ndarray, y: np.ndarray, label: str) -> None:
+    """The mean of ``x`` and of ``y`` in each group, as a black line over a scatter."""
+    means = pd.DataFrame({"g": group, "x": x, "y": y}).groupby("g")[["x", "y"]].mean()
+    ax.plot(means["x"], means["y"], color="black", lw=1.4, marker="D", ms=4, label=label, zorder=3)
 
 
 def client_contribution(
@@ -832,7 +917,7 @@ def client_contribution(
             raise ValueError(f"speeds has shape {speeds.shape}, expected ({n},)")
         ax2 = axes[1]
         slow = result.scenario.clients.stragglers.slowdown
-        straggler = np.asarray(_client_timing(result).is_straggler, dtype=bool)
+        straggler = _stragglers(result, n)
         acc = counts["accepted"].to_numpy()
         small = n <= 2000
         ax2.scatter(
@@ -864,17 +949,7 @@ def client_contribution(
         else:
             edges = (np.geomspace if log else np.linspace)(speeds.min(), speeds.max(), 13)
             group = np.clip(np.searchsorted(edges, speeds, side="right") - 1, 0, 11)
-        means = pd.DataFrame({"g": group, "s": speeds, "a": acc}).groupby("g")[["s", "a"]].mean()
-        ax2.plot(
-            means["s"],
-            means["a"],
-            color="black",
-            lw=1.4,
-            marker="D",
-            ms=4,
-            label="mean per speed group",
-            zorder=3,
-        )
+        _group_means(ax2, group, speeds, acc, "mean per speed group")
         if log:
             ax2.set_xscale("log")
             ax2.xaxis.set_major_formatter(FuncFormatter(_plain_number))
@@ -888,24 +963,122 @@ def client_contribution(
     return fig
 
 
-def client_label_counts(scenario: Scenario | ResultLike) -> np.ndarray:
-    """Samples of each class held by each client, shape ``(n_clients, n_classes)``, rebuilt from the
-    scenario's data section and seed exactly as the run partitioned it."""
-    import torch
+def online_clients(result: ResultLike) -> Figure:
+    """Clients online over simulated time (top) with the test accuracy beneath (same time axis).
 
-    from fedsim.learning.data import load_federated
-    from fedsim.rng import SeedStreams
-
-    if not hasattr(scenario, "clients"):
-        scenario = _as_result(scenario).scenario
-    data = load_federated(
-        scenario.data, scenario.clients.count, SeedStreams(scenario.seed or 0), torch.device("cpu")
+    The top panel is the count of clients online (``clients.availability``), a step function from
+    the run's switches (``availability.parquet``), with the scenario's expected count (clients ×
+    the model's long-run online share, when it has one) dashed; the bottom panel is the mean test
+    accuracy over servers or tasks (the loss for regression; left out for timing-only runs).
+    """
+    result = _as_result(result)
+    times, counts = online_counts(result)
+    end = _run_end(result)
+    curve = _metric_curve(result, "accuracy")
+    metric = "accuracy"
+    if curve is None:
+        curve, metric = _metric_curve(result, "loss"), "loss"
+    panels = 2 if curve is not None else 1
+    fig = Figure(figsize=(9, 2.6 + 2.4 * panels), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(panels, 1, sharex=True, height_ratios=[1, 1.2][:panels]))
+    ax = axes[0]
+    n = result.scenario.clients.count
+    ax.step(
+        np.append(times, end),
+        np.append(counts, counts[-1]),
+        where="post",
+        color="C2",
+        lw=1.6,
+        label="clients online",
     )
-    labels = data.y_train.cpu().numpy()
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"dataset {scenario.data.dataset!r} has no class labels (regression)")
-    n_classes = max(int(data.info.n_classes), int(labels.max(initial=-1)) + 1)
-    return np.stack([np.bincount(labels[ix], minlength=n_classes) for ix in data.client_indices])
+    ax.fill_between(
+        np.append(times, end), np.append(counts, counts[-1]), step="post", color="C2", alpha=0.15
+    )
+    expected = _expected_online(result.scenario)
+    if expected is not None:
+        ax.axhline(expected * n, color="0.3", ls="--", lw=1, label=f"expected ({expected:.0%})")
+    ax.set_ylim(0, n * 1.05)
+    ax.set_ylabel(f"clients online (of {n:,})")
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    ax.set_title(f"Clients online and {metric} — {_run_name(result.scenario)}")
+    if curve is not None:
+        t, y = curve
+        axes[1].plot(t, y, color="C0", lw=1.8, marker="o", ms=2.5)
+        axes[1].set_ylabel("test accuracy" if metric == "accuracy" else "test loss")
+        axes[1].grid(alpha=0.3)
+    axes[-1].set_xlim(0, end or 1.0)
+    _time_axis(axes[-1])
+    return fig
+
+
+def _expected_online(scenario: Scenario) -> float | None:
+    """The long-run share of time a client is online, where the scenario says it (diurnal, Markov)."""
+    config = scenario.clients.availability
+    if config.kind == "always":
+        return 1.0
+    if config.kind == "diurnal":
+        return float(config.on_fraction)
+    if config.kind == "markov":
+        return config.online.mean / (config.online.mean + config.offline.mean)
+    return None
+
+
+def participation(result: ResultLike) -> Figure:
+    """Accepted updates of each client against the share of the run it was online.
+
+    One dot per client (``clients.parquet``'s ``online_s`` over the run's length against its
+    applied or buffered updates in the events), and the mean per tenth of online share: how much
+    availability, rather than speed, decides who trains the model.
+    """
+    result = _as_result(result)
+    facts = client_facts(result)
+    end = _run_end(result)
+    share = facts["online_s"].to_numpy(float) / (end or 1.0)
+    accepted = _per_client_counts(result)["accepted"].to_numpy()
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    small = len(share) <= 2000
+    ax.scatter(
+        share,
+        accepted,
+        s=14 if small else 4,
+        color="C0",
+        alpha=0.6,
+        lw=0,
+        rasterized=not small,
+        label="clients",
+    )
+    group = np.clip((share * 10).astype(int), 0, 9)
+    _group_means(ax, group, share, accepted, "mean per tenth of online share")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("share of the run online")
+    ax.set_ylabel("accepted updates (applied or buffered)")
+    ax.set_title(f"Participation against availability — {_run_name(result.scenario)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    return fig
+
+
+def client_label_counts(run: ResultLike | Scenario, *, task: int = 0) -> np.ndarray:
+    """Samples of each class held by each client, shape ``(n_clients, n_classes)``, as the run
+    partitioned its data (``clients.parquet``; ``task`` of a multi-task run).
+
+    Given a :class:`~fedsim.scenario.Scenario` not run yet, the partition a run of it would draw
+    is built (:func:`fedsim.world.partition_label_counts`; this loads the dataset)."""
+    from fedsim.scenario import Scenario
+
+    if isinstance(run, Scenario):
+        from fedsim.world import partition_label_counts
+
+        return partition_label_counts(run)
+    result = _as_result(run)
+    counts = client_facts(result, task)["label_counts"]
+    if counts.isna().any():
+        what = "timing-only run" if result.scenario.training is None else "regression dataset"
+        raise ValueError(f"{_run_name(result.scenario)}: no class labels (a {what})")
+    return np.stack([np.asarray(c, dtype=np.int64) for c in counts])
 
 
 def _span(values: np.ndarray) -> str:
@@ -983,8 +1156,10 @@ def standard_figures(result: ResultLike) -> dict[str, Figure]:
     """The figures written for every run: ``accuracy`` (mean over servers or tasks; left out when
     the run recorded no finite accuracy, e.g. ``training: none``), else ``loss`` (regression),
     ``tasks`` (per-task accuracy of multi-task runs), ``consensus`` (consensus error of multi-server
-    runs), ``staleness`` (left out when no update was accepted), ``timeline`` (first 20 clients) and
-    ``contribution`` (with the clients' speeds)."""
+    runs), ``staleness`` (left out when no update was accepted), ``timeline`` (first 20 clients),
+    ``contribution`` (with the clients' speeds) and, for runs with ``clients.availability``,
+    ``online`` (:func:`online_clients`) and ``participation``. A run directory written before
+    fedsim recorded its clients gets these without the clients' facts, and a warning."""
     result = _as_result(result)
     figures: dict[str, Figure] = {}
     if has_metric(result, "accuracy"):
@@ -1003,7 +1178,15 @@ def standard_figures(result: ResultLike) -> dict[str, Figure]:
     if _accepted(result.events).shape[0]:
         figures["staleness"] = staleness(result)
     figures["timeline"] = client_timeline(result)
-    figures["contribution"] = client_contribution(result, speeds=client_speeds(result))
+    try:
+        speeds = client_speeds(result)
+    except ScenarioError as exc:  # a run directory from before clients.parquet
+        warnings.warn(f"contribution drawn without speeds: {exc}", stacklevel=2)
+        speeds = None
+    figures["contribution"] = client_contribution(result, speeds=speeds)
+    if result.scenario.clients.availability.kind != "always" and speeds is not None:
+        figures["online"] = online_clients(result)
+        figures["participation"] = participation(result)
     return figures
 
 

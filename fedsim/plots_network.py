@@ -2,7 +2,7 @@
 server models to a known optimum, traffic against accuracy, and the server graph itself.
 
 Like :mod:`fedsim.plots`, every function returns a ``matplotlib.figure.Figure`` built without pyplot.
-Runs are :class:`~fedsim.simulation.Result` objects or run directories; several runs passed together
+Runs are :class:`~fedsim.result.Result` objects or run directories; several runs passed together
 are overlaid, one colour each.
 
 Server models are not part of a run's trace, so :func:`distance_to_optimum` reads them from a
@@ -25,8 +25,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fedsim.simulation import Result
-from fedsim.topology import Topology, build_topology, draw_graph
+from fedsim.result import Result
+from fedsim.topology import Topology, draw_graph
 
 ResultLike = Result | str | Path
 TIME_LABEL = "simulated time (s)"
@@ -251,15 +251,13 @@ _KIND_NAMES = {"up": "client uploads", "down": "client downloads", "server": "se
 
 
 def run_topology(result: ResultLike) -> Topology:
-    """The topology a run used, rebuilt from its scenario and seed (the same random graph)."""
-    from fedsim.rng import SeedStreams
-
+    """The topology a run used: its graph and mixing matrix as the run directory keeps them
+    (``topology.parquet``, ``mixing.npy``; :attr:`Result.topology`)."""
     run = _results(result)[0]
-    scenario = run.scenario
-    if scenario.topology is None:
-        raise ValueError(f"run {scenario.name!r} has no topology section")
-    streams = SeedStreams(scenario.seed or 0)
-    return build_topology(scenario.topology, streams.generator("topology.graph"))
+    topology = run.topology
+    if topology is None:
+        raise ValueError(f"run {run.scenario.name!r} has no topology section")
+    return topology
 
 
 def server_graph(result_or_topology: ResultLike | Topology, *, title: str | None = None) -> Figure:

@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from fedsim.simulation import Result
+from fedsim.result import Result
 
 TIME_LABEL = "simulated time (s)"
 

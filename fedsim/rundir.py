@@ -25,7 +25,9 @@ LOCK = ".fedsim-lock"
 """Held while a run writes: the owner's pid."""
 TRACE_FILES = ("events.parquet", "evals.parquet")
 CHECKPOINT = "checkpoint.pkl"
-RUN_FILES = (*TRACE_FILES, "summary.json", "scenario.yaml", MARKER, CHECKPOINT)
+WORLD_FILES = ("clients.parquet", "availability.parquet", "topology.parquet", "mixing.npy")
+"""What the run drew about its clients and servers, written at its end (:mod:`fedsim.result`)."""
+RUN_FILES = (*TRACE_FILES, "summary.json", "scenario.yaml", MARKER, CHECKPOINT, *WORLD_FILES)
 RUN_DIRS = ("plots", "models", *(f"{name}.parts" for name in TRACE_FILES))
 SaveModels = Literal["final", "none", "every_eval"]
 """``output.save_models``: which models a run keeps in ``RUN_DIR/models/``."""

@@ -29,24 +29,24 @@ from fedsim import rundir
 from fedsim.algorithms import ALGORITHMS
 from fedsim.algorithms.base import ServerModel
 from fedsim.algorithms.context import COUNTERS, AlgorithmContext, ClientFacts, ModelFacts
-from fedsim.availability import build_availability
 from fedsim.callbacks import Callbacks, ProgressCallback
 from fedsim.checks import check_runnable
 from fedsim.clients import ClientPool, Job
 from fedsim.errors import ScenarioError, SimulationError
 from fedsim.interrupts import stop_on_signals
 from fedsim.learning.batched import make_trainer
-from fedsim.learning.data import dataset_info, load_federated
+from fedsim.learning.data import dataset_info
 from fedsim.learning.models import ModelSource, build_model, init_params, using_model
 from fedsim.learning.trainer import Evaluator, LocalTask
 from fedsim.learning.user_data import Dataset, using_data
-from fedsim.models_store import ModelStore, model_file
+from fedsim.models_store import ModelStore
 from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, event_totals, read_table
+from fedsim.result import Result
 from fedsim.rng import SeedStreams
 from fedsim.scenario import Scenario, load_scenario
 from fedsim.threads import ThreadChoice, choose_threads, using_threads
-from fedsim.timing import ClientTiming
-from fedsim.topology import Topology, build_topology
+from fedsim.topology import Topology
+from fedsim.world import build_world, client_table, write_world
 
 ACCEPTED = frozenset({"applied", "buffered"})
 
@@ -110,13 +110,15 @@ class Simulation:
 
         info = dataset_info(scenario.data)
         module, self.spec = build_model(scenario.model, info)
-        model_bytes = self.spec.nbytes()
+        self.world = world = build_world(
+            scenario, self.streams, device=self.device, model_bytes=self.spec.nbytes()
+        )
+        self.client_sizes = world.sizes
         self.trainer = None
         self.evaluator = None
         params = None
         if self.learning:
-            self.data = load_federated(scenario.data, n_clients, self.streams, self.device)
-            self.client_sizes = self.data.client_sizes
+            self.data = world.data
             task = LocalTask(module, self.spec, self.data, scenario.training)
             self.trainer = make_trainer(
                 task, scenario.training.backend, max_batch=scenario.training.max_batch
@@ -124,43 +126,22 @@ class Simulation:
             self.evaluator = Evaluator(module, self.spec, self.data)
             params = init_params(self.spec, self.streams.torch_generator("model.init"))
             params = params.to(self.device)
-        else:
-            self.client_sizes = np.ones(n_clients, dtype=int)
 
         self.byzantine = scenario.byzantine
-        self.is_byzantine = np.zeros(n_clients, dtype=bool)
-        extra = None
-        if self.byzantine is not None:
-            self.is_byzantine = self.byzantine.choose(
-                n_clients, self.streams.generator("byzantine.choice")
-            )
-            if self.byzantine.speed != 1.0:
-                extra = np.where(self.is_byzantine, self.byzantine.speed, 1.0)
+        self.is_byzantine = world.is_byzantine
         self.byzantine_list: list[bool] = self.is_byzantine.tolist()
         self.attack_name = self.byzantine.attack.name if self.byzantine is not None else ""
         self.byzantine_applied = 0
         self.robust_fallbacks = 0
 
-        clients = scenario.clients
-        self.timing = ClientTiming(
-            compute=clients.compute,
-            heterogeneity=clients.heterogeneity,
-            stragglers=clients.stragglers,
-            dropout=clients.dropout,
-            network=clients.network,
-            n_clients=n_clients,
-            bytes_down=model_bytes,
-            bytes_up=model_bytes,
-            streams=self.streams,
-            extra_multipliers=extra,
-        )
+        self.timing = world.timing
         self.pool = ClientPool(
             self.env,
             n_clients,
             self.timing,
             self.trainer,
             self.streams,
-            availability=build_availability(clients.availability, n_clients, self.streams),
+            availability=world.availability,
         )
         if self.byzantine is not None and self.byzantine.attack.stage == "data":
             if self.learning and self.data.info.task != "classification":
@@ -168,16 +149,9 @@ class Simulation:
                     "label_flip needs a classification dataset", path="byzantine.attack"
                 )
             self.pool.flip_labels = self.byzantine_list
-        self.topology: Topology | None = None
-        self.client_server = np.zeros(n_clients, dtype=np.int64)
-        n_servers = 1
-        if scenario.topology is not None:
-            self.topology = build_topology(
-                scenario.topology, self.streams.generator("topology.graph")
-            )
-            n_servers = self.topology.servers
-            for server, members in enumerate(self.topology.assignment):
-                self.client_server[list(members)] = server
+        self.topology: Topology | None = world.topology
+        self.client_server = world.server_of
+        n_servers = world.n_servers
         # Every server starts from the same initial model (a common initialisation).
         self.servers = [ServerModel(i, params) for i in range(n_servers)]
         if self.callbacks.wants("on_publish"):
@@ -644,10 +618,30 @@ class Simulation:
             tmp = self.run_dir / f".summary.json.tmp-{os.getpid()}"
             tmp.write_text(text)
             os.replace(tmp, self.run_dir / "summary.json")
-        result = Result(self.scenario, events, evals, summary, self.run_dir)
+        result = self._result(events, evals, summary)
         if error is None:
             self.callbacks.call("on_end", self.env.now, summary=summary, result=result)
         return result
+
+    def _result(
+        self, events: pd.DataFrame | None, evals: pd.DataFrame | None, summary: dict[str, Any]
+    ) -> Result:
+        """The Result; the facts of the world go to the run directory, or into the Result."""
+        tasks = getattr(self.algorithm, "task_data", None)
+        data = tasks() if tasks is not None else [self.world.data]
+        if self.run_dir is not None:
+            write_world(self.run_dir, self.world, data, self.env.now)
+            return Result(self.scenario, events, evals, summary, self.run_dir)
+        availability = self.world.availability
+        return Result(
+            self.scenario,
+            events,
+            evals,
+            summary,
+            clients=client_table(self.world, data, self.env.now).to_pandas(),
+            availability=availability.switches().to_pandas() if availability is not None else None,
+            topology=self.topology,
+        )
 
     def best_accuracy(self, evals: pd.DataFrame | None) -> float:
         if evals is None:
@@ -734,82 +728,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-class Result:
-    """What a run produced: the resolved scenario, the traces as DataFrames, and the summary.
-
-    A saved run's traces are read from its directory the first time they are used, so a long run
-    never holds its whole trace in memory unless asked for it.
-    """
-
-    def __init__(
-        self,
-        scenario: Scenario,
-        events: pd.DataFrame | None,
-        evals: pd.DataFrame | None,
-        summary: dict[str, Any] | None = None,
-        run_dir: Path | None = None,
-    ) -> None:
-        if (events is None or evals is None) and run_dir is None:
-            raise ValueError("a Result without traces needs the run directory to read them from")
-        self.scenario = scenario
-        self._events = events
-        self._evals = evals
-        self.summary = summary if summary is not None else {}
-        self.run_dir = run_dir
-
-    @property
-    def events(self) -> pd.DataFrame:
-        """One row per job outcome and per server-to-server message (``events.parquet``)."""
-        if self._events is None:
-            self._events = read_table(self.run_dir / "events.parquet", EVENT_SCHEMA)
-        return self._events
-
-    @property
-    def evals(self) -> pd.DataFrame:
-        """One row per evaluation of a server's or task's model (``evals.parquet``)."""
-        if self._evals is None:
-            self._evals = read_table(self.run_dir / "evals.parquet", EVAL_SCHEMA)
-        return self._evals
-
-    def __repr__(self) -> str:
-        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir is not None else ""
-        return f"Result({self.scenario.name!r}, stop_reason={self.summary.get('stop_reason')!r}{where})"
-
-    def model(self, server: int = 0, *, task: int = 0) -> torch.nn.Module:
-        """The scenario's model with the final weights of ``server`` (from ``RUN_DIR/models/``).
-
-        A fresh CPU module of the scenario's ``model`` section; for a module of your own, load the
-        file yourself: ``module.load_state_dict(torch.load(run_dir / "models" / "server-0.pt"))``.
-        """
-        if self.run_dir is None:
-            raise ScenarioError("a run with save=False keeps no model files")
-        path = self.run_dir / "models" / model_file(server, task)
-        if not path.is_file():
-            raise ScenarioError(
-                f"no model file {path} (output.save_models: none, a timing-only run, or no such "
-                "server or task)"
-            )
-        if task != 0:
-            raise ScenarioError(
-                f"a task's model: load {path} into that task's module with load_state_dict"
-            )
-        module, _ = build_model(self.scenario.model, dataset_info(self.scenario.data))
-        module = module.to_empty(device="cpu")
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return module
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> Result:
-        """Read a run directory back (also one a killed run left behind: its readable parts)."""
-        run_dir = Path(run_dir)
-        if not (run_dir / "scenario.yaml").is_file():
-            raise ScenarioError(f"not a fedsim run directory (no scenario.yaml): {run_dir}")
-        scenario = load_scenario(run_dir / "scenario.yaml")
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        return cls(scenario, None, None, summary, run_dir)
 
 
 ScenarioSource = str | Path | Mapping[str, Any] | Scenario

@@ -17,6 +17,8 @@ from matplotlib.image import AxesImage
 
 import fedsim
 from fedsim import plots
+from fedsim.availability import Diurnal
+from fedsim.rng import SeedStreams
 
 TIME = "simulated time (s)"
 
@@ -246,12 +248,85 @@ def test_time_to_target_one_line_per_algorithm():
 # -- clients ------------------------------------------------------------------------------------------
 
 
-def test_client_speeds_rebuild_the_runs_multipliers(runs):
+def test_client_speeds_are_the_runs_multipliers(runs):
     r = runs["async"]
     speeds = plots.client_speeds(r)
     assert speeds.shape == (30,)
     # Constant compute law: every job's compute time is exactly speed × 2 s.
     np.testing.assert_allclose(r.events["compute_s"], speeds[r.events["client"]] * 2.0)
+
+
+def test_attackers_speeds_in_the_plots_are_the_traces(tmp_path):
+    """Slowed attackers (byzantine.speed) are drawn at the speed they ran at (issue 15: the
+    plots used to draw them again from the seed at full speed)."""
+    attacked = _timing(byzantine={"fraction": 0.3, "speed": 3.0}, stop={"time_s": 300})
+    fedsim.run(attacked, out=tmp_path / "run")
+    r = fedsim.Result.load(tmp_path / "run")
+    speeds = plots.client_speeds(r)
+    jobs = r.events
+    bad = jobs["byzantine"].to_numpy()
+    assert bad.any() and (~bad).any()
+    # The trace's own speeds: constant 2 s compute law, no slow jobs.
+    traced = jobs.groupby("client")["compute_s"].first() / 2.0
+    np.testing.assert_allclose(speeds[traced.index], traced.to_numpy())
+    # The attackers are 3× slower than the same clients in the scenario without attackers.
+    honest = plots.client_speeds(fedsim.run(_timing(stop={"time_s": 1}), save=False))
+    attackers = np.flatnonzero(r.clients["byzantine"])
+    np.testing.assert_allclose(speeds[attackers], 3.0 * honest[attackers])
+    fig = plots.client_timeline(r, first_n=30)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    for client in attackers:
+        assert labels[client] == f"{client} (×{speeds[client]:.2g})"
+
+
+def _diurnal_run(tmp_path):
+    diurnal = {"kind": "diurnal", "period_s": 40.0, "on_fraction": 0.5, "phase": "spread"}
+    scenario = _learning(0)
+    scenario["clients"] = {**scenario["clients"], "availability": diurnal}
+    scenario["stop"] = {"time_s": 80}
+    fedsim.run(scenario, out=tmp_path / "diurnal")
+    return fedsim.Result.load(tmp_path / "diurnal")
+
+
+def test_online_clients_with_the_accuracy_beneath(tmp_path):
+    r = _diurnal_run(tmp_path)
+    times, counts = plots.online_counts(r)
+    # Against the diurnal model itself: client i is online on [φ_i + 40k, φ_i + 40k + 20).
+    assert len(r.availability) > 10
+    model = Diurnal(r.scenario.clients.availability, 10, SeedStreams(r.scenario.seed))
+    phase = np.asarray(model.phase)
+    probe = np.linspace(0.5, 79.5, 80)
+    walked = [counts[np.searchsorted(times, t, side="right") - 1] for t in probe]
+    expected = [int((((t - phase) % 40.0) < 20.0).sum()) for t in probe]
+    np.testing.assert_array_equal(walked, expected)
+    fig = plots.online_clients(r)
+    top, bottom = fig.axes
+    assert top.get_ylabel() == "clients online (of 10)"
+    assert bottom.get_ylabel() == "test accuracy" and bottom.get_xlabel() == TIME
+    assert any("expected (50%)" in t for t in _legend_texts(fig))
+
+
+def test_participation_and_offline_spans(tmp_path):
+    r = _diurnal_run(tmp_path)
+    fig = plots.participation(r)
+    (ax,) = fig.axes
+    (dots, *_) = _collections(ax, PathCollection)
+    xy = dots.get_offsets()
+    np.testing.assert_allclose(xy[:, 0], r.clients["online_s"] / 80.0)
+    assert 0.4 < xy[:, 0].mean() < 0.6  # half of each 40 s day online, 2 days
+    accepted = r.events[r.events["status"].isin(["applied", "buffered"])]
+    np.testing.assert_array_equal(xy[:, 1], np.bincount(accepted["client"], minlength=10))
+    spans = plots.offline_spans(r, range(10))
+    for client, items in spans.items():
+        offline = sum(b - a for a, b in items)
+        assert offline == pytest.approx(80.0 - r.clients["online_s"].iloc[client])
+    timeline = plots.client_timeline(r, first_n=10)
+    (ax,) = timeline.axes
+    hatched = next(c for c in ax.collections if c.get_label() == "offline")
+    assert len(hatched.get_paths()) == sum(len(v) for v in spans.values())
+    assert "offline" in _legend_texts(timeline)
+    written = plots.save_standard_figures(r, tmp_path / "plots", dpi=30)
+    assert {"online", "participation"} <= set(written)
 
 
 def test_client_timeline(runs):

@@ -29,10 +29,10 @@ from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
 from fedsim.learning.batched import make_trainer
-from fedsim.learning.data import DataConfig, FederatedData, dataset_info, load_federated
+from fedsim.learning.data import DataConfig, FederatedData, dataset_info
 from fedsim.learning.models import Model, build_model, init_params
 from fedsim.learning.trainer import Evaluator, LocalTask, TrainingConfig
-from fedsim.rng import SeedStreams
+from fedsim.world import build_task_data, task_streams
 
 
 class TaskConfig(Section):
@@ -88,17 +88,6 @@ def check_tasks(config: Section) -> int:
     must stay constructible with its defaults, which the scenario reference instantiates.
     """
     return max(1, len(config.tasks))
-
-
-class PrefixedStreams(SeedStreams):
-    """The scenario's streams with every name prefixed: a task's own, independent draws."""
-
-    def __init__(self, seed: int, prefix: str) -> None:
-        super().__init__(seed)
-        self.prefix = prefix
-
-    def sequence(self, name: str, *index: int) -> np.random.SeedSequence:
-        return super().sequence(self.prefix + name, *index)
 
 
 @dataclass(eq=False)
@@ -179,13 +168,13 @@ def build_tasks(
             data, trainer, evaluator = ctx.model.data, ctx.model.trainer, ctx.model.evaluator
             spec, params = ctx.model.spec, ctx.servers[0].params
         else:
-            streams = ctx.streams if i == 0 else PrefixedStreams(scenario.seed, f"task{i}/")
+            streams = task_streams(ctx.streams, i)
             try:
                 module, spec = build_model(model_cfg, info)
             except ScenarioError as exc:
                 raise ScenarioError(exc.message, path=f"{path}.model") from None
             try:
-                data = load_federated(data_cfg, scenario.clients.count, streams, ctx.model.device)
+                data = build_task_data(data_cfg, scenario.clients.count, streams, ctx.model.device)
             except ScenarioError as exc:
                 where = exc.path or "data"
                 if where.startswith("data"):
@@ -336,6 +325,11 @@ class MultiTaskAlgorithm(Algorithm):
                 job.arrival_version = task.server.version
                 job.arrived_at = now
                 job.open = False
+
+    def task_data(self) -> list[FederatedData]:
+        """Each task's data and partition over the clients (``clients.parquet`` has a row per
+        client and task)."""
+        return [t.data for t in self.tasks]
 
     def summary_extra(self) -> dict[str, Any]:
         """Per-task results for the run summary (time to each target, versions, last check)."""

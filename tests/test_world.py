@@ -1,0 +1,174 @@
+"""The world builder (fedsim/world.py, issue 15): one place draws the clients, their data, speeds,
+availability, attackers and servers, for the simulation and for each task of the multi-task
+algorithms; the time each client was online, against a brute-force integration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.learning.data import DataConfig
+from fedsim.rng import SeedStreams
+from fedsim.scenario import load_scenario
+from fedsim.simulation import Simulation
+from fedsim.world import (
+    AvailabilityLog,
+    build_task_data,
+    build_world,
+    label_counts,
+    online_seconds,
+    task_streams,
+)
+
+CPU = torch.device("cpu")
+
+
+def scenario(**overrides) -> dict:
+    base = {
+        "name": "world",
+        "seed": 7,
+        "stop": {"time_s": 30},
+        "data": {"dataset": "digits", "partition": {"kind": "dirichlet", "alpha": 0.5}},
+        "model": {"kind": "mlp", "hidden": [8]},
+        "training": {"local_steps": 1, "batch_size": 8, "lr": 0.05},
+        "clients": {
+            "count": 12,
+            "compute": {"dist": "constant", "mean_s": 2.0},
+            "heterogeneity": {"dist": "lognormal", "sigma": 0.5},
+            "stragglers": {"fraction": 0.25, "slowdown": 4.0},
+        },
+        "byzantine": {"fraction": 0.25, "speed": 0.5},
+        "algorithm": {"name": "fedasync", "concurrency": 3},
+        "eval": {"every_s": 10.0},
+    }
+    base.update(overrides)
+    return base
+
+
+def test_the_simulation_runs_on_the_world_the_builder_makes():
+    s = load_scenario(scenario())
+    sim = Simulation(s, device="cpu")
+    world = build_world(s, SeedStreams(s.seed), device=CPU, model_bytes=sim.spec.nbytes())
+    assert sim.timing is sim.world.timing and sim.pool.timing is sim.world.timing
+    np.testing.assert_array_equal(world.is_byzantine, sim.is_byzantine)
+    assert world.timing.speed == sim.timing.speed
+    np.testing.assert_array_equal(world.sizes, sim.context.clients.sizes)
+    for a, b in zip(world.data.client_indices, sim.data.client_indices, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Attackers run at byzantine.speed × their drawn multiplier: the honest build of the same
+    # streams (no byzantine section) gives the same multipliers but for the attackers.
+    honest = build_world(
+        load_scenario(scenario(byzantine=None)), SeedStreams(s.seed), device=CPU, model_bytes=0
+    )
+    speed, plain = np.array(world.timing.speed), np.array(honest.timing.speed)
+    bad = world.is_byzantine
+    assert bad.sum() == 3
+    np.testing.assert_allclose(speed[bad], 0.5 * plain[bad])
+    np.testing.assert_array_equal(speed[~bad], plain[~bad])
+    np.testing.assert_array_equal(world.timing.is_straggler, honest.timing.is_straggler)
+
+
+def test_servers_of_the_clients_follow_the_topology(root):
+    s = load_scenario(root / "scenarios" / "dfl_toy.yaml")
+    world = build_world(s, SeedStreams(s.seed), device=CPU, model_bytes=0)
+    assert world.n_servers == 5 and world.n_clients == 25
+    for server, members in enumerate(world.topology.assignment):
+        assert set(np.flatnonzero(world.server_of == server)) == set(members)
+    np.testing.assert_allclose(world.topology.W.sum(axis=1), 1.0)
+
+
+def test_task_streams_give_task_zero_the_runs_partition_and_others_their_own():
+    config = DataConfig(dataset="digits", partition={"kind": "dirichlet", "alpha": 0.3})
+    streams = SeedStreams(4)
+    run = build_task_data(config, 10, streams, CPU)
+    task0 = build_task_data(config, 10, task_streams(streams, 0), CPU)
+    task1 = build_task_data(config, 10, task_streams(streams, 1), CPU)
+    task2 = build_task_data(config, 10, task_streams(streams, 2), CPU)
+    assert task_streams(streams, 0) is streams
+    np.testing.assert_array_equal(label_counts(run), label_counts(task0))
+    assert not np.array_equal(label_counts(task1), label_counts(task0))
+    assert not np.array_equal(label_counts(task1), label_counts(task2))
+
+
+def test_label_counts_count_each_clients_samples():
+    data = build_task_data(
+        DataConfig(dataset="digits", partition={"kind": "dirichlet", "alpha": 0.5}),
+        7,
+        SeedStreams(1),
+        CPU,
+    )
+    counts = label_counts(data)
+    y = data.y_train.numpy()
+    for client, rows in enumerate(data.client_indices):
+        np.testing.assert_array_equal(counts[client], np.bincount(y[rows], minlength=10))
+
+
+def _brute_online(at_start, switches, n, end) -> np.ndarray:
+    """Walk each client's switches in time order (the reference for online_seconds)."""
+    total = np.zeros(n)
+    for client in range(n):
+        online, since = bool(at_start[client]), 0.0
+        for t, c, state in switches:
+            if c != client:
+                continue
+            if online:
+                total[client] += t - since
+            online, since = state, t
+        if online:
+            total[client] += end - since
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_online_seconds_against_a_walk_over_the_switches(seed):
+    rng = np.random.default_rng(seed)
+    n, end = 6, 100.0
+    at_start = rng.random(n) < 0.5
+    switches = []
+    for client in range(n):
+        state = bool(at_start[client])
+        times = np.sort(rng.uniform(0, end, rng.integers(0, 7)))
+        for t in times:
+            state = not state
+            switches.append((float(t), client, state))
+    switches.sort()
+    got = online_seconds(
+        at_start,
+        np.array([c for _, c, _ in switches], dtype=np.int64),
+        np.array([t for t, _, _ in switches]),
+        np.array([s for _, _, s in switches], dtype=bool),
+        end,
+    )
+    np.testing.assert_allclose(got, _brute_online(at_start, switches, n, end))
+
+
+def test_the_availability_log_keeps_what_the_pool_asked():
+    s = load_scenario(
+        scenario(
+            training="none",
+            byzantine=None,
+            clients={
+                "count": 8,
+                "availability": {
+                    "kind": "diurnal",
+                    "period_s": 10.0,
+                    "on_fraction": 0.3,
+                    "phase": "spread",
+                },
+            },
+            algorithm={"name": "fedasync", "concurrency": 2},
+            stop={"time_s": 47.0},
+        )
+    )
+    sim = Simulation(s, device="cpu")
+    log = sim.world.availability
+    assert isinstance(log, AvailabilityLog) and sim.pool.availability is log
+    sim.run()
+    switches = log.switches().to_pandas()
+    assert switches["sim_time"].is_monotonic_increasing and len(switches) > 8
+    # Diurnal: each client online for 3 s of every 10, starting at its phase.
+    phase = np.asarray(log.model.phase)
+    t = np.linspace(0, 47, 47_001)[:-1] + 47 / 47_000 / 2
+    expected = [((t - p) % 10.0 < 3.0).mean() * 47 for p in phase]
+    np.testing.assert_allclose(log.online_seconds(47.0), expected, atol=0.01)
