@@ -37,7 +37,13 @@ from fedsim.errors import Problem, ScenarioError
 from fedsim.learning.data import DataConfig
 from fedsim.learning.models import Model, ModelConfig
 from fedsim.learning.trainer import TrainingConfig
-from fedsim.robust.aggregators import AggregatorField, MeanConfig, ScreeningConfig, check_krum
+from fedsim.robust.aggregators import (
+    AggregatorField,
+    MeanConfig,
+    ScreeningConfig,
+    check_aggregator,
+    is_plain_mean,
+)
 from fedsim.robust.byzantine import ByzantineConfig
 from fedsim.rundir import SaveModels
 from fedsim.timing import (
@@ -290,14 +296,14 @@ class Scenario(Section):
         if check is not None:  # an algorithm's own cross-section rules (so `validate` sees them)
             check(self)
         agg = self.aggregator
-        if agg.name == "krum":
+        if not is_plain_mean(agg):
             if algo.name in ("fedbuff", "fedbuff_c"):
                 n = algo.buffer_size
             elif algo.name in ("fedavg", "scaffold"):
                 n = algo.cohort_size
             else:
                 n = self.byzantine.window if self.byzantine is not None else 10
-            check_krum(n, f=agg.f, m=agg.m)
+            check_aggregator(agg, n)
         return self
 
     def _check_byzantine(self) -> None:

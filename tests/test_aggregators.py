@@ -15,6 +15,7 @@ from hypothesis.extra.numpy import arrays
 from pydantic import Field, ValidationError
 
 import fedsim.robust.aggregators as agg
+import fedsim.robust.rows as rows
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
 from fedsim.robust.aggregators import (
@@ -166,6 +167,11 @@ def test_aggregate_dispatches_every_config():
         "krum",
         "geometric_median",
         "centered_clipping",
+        "mda",
+        "smea",
+        "caf",
+        "monna",
+        "meamed",
     }
 
 
@@ -174,8 +180,8 @@ def test_chunked_and_gram_paths_agree(monkeypatch):
     u = torch.randn(9, 50, generator=gen, dtype=torch.float64)
     w = torch.rand(9, generator=gen, dtype=torch.float64) + 0.1
     whole = (coordinate_median(u, w), trimmed_mean(u, w, trim_fraction=0.3), krum_scores(u, f=2))
-    monkeypatch.setattr(agg, "_CHUNK_ELEMENTS", 40)
-    monkeypatch.setattr(agg, "_DIRECT_DISTANCE_ELEMENTS", 0)
+    monkeypatch.setattr(rows, "CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(rows, "DIRECT_DISTANCE_ELEMENTS", 0)
     parts = (coordinate_median(u, w), trimmed_mean(u, w, trim_fraction=0.3), krum_scores(u, f=2))
     for a, b in zip(whole, parts, strict=True):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
@@ -190,6 +196,7 @@ def test_float32_in_float32_out():
 
 def test_doctests():
     assert doctest.testmod(agg).failed == 0
+    assert doctest.testmod(rows).failed == 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from fedsim.algorithms.fraboni import FraboniAlgorithm, Weighting, expected_job_
 from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
+from fedsim.robust.aggregators import is_plain_mean
 
 
 class AsyncFedAvgConfig(Section):
@@ -34,7 +35,7 @@ class AsyncFedAvgConfig(Section):
 
     def check_scenario(self, scenario: Any) -> None:
         """One update per step: no set for a robust aggregator or a server-side attack to act on."""
-        if scenario.aggregator.name != "mean":
+        if not is_plain_mean(scenario.aggregator):
             raise ScenarioError(
                 "async_fedavg applies one update at a time; robust aggregators need a set of "
                 "updates (use fedfix or fedbuff_c)",

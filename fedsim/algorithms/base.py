@@ -20,7 +20,13 @@ from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.server_opt import ServerOptimizer, ServerOptState
 from fedsim.clients import ClientPool, Job
 from fedsim.learning.params import all_finite
-from fedsim.robust.aggregators import CoordinateMedianConfig, screen_updates
+from fedsim.robust.aggregators import (
+    CoordinateMedianConfig,
+    is_plain_mean,
+    screen_updates,
+    shortfall,
+    uses_generator,
+)
 from fedsim.robust.aggregators import aggregate as robust_aggregate
 from fedsim.robust.attacks import MimicConfig, client_attack, server_attack
 
@@ -85,8 +91,10 @@ class Algorithm:
             self.mimic_rank = draw.tolist()
         # The exact historical code path (weighted_sum / lerp) unless robustness is asked for.
         self.robust = byz is not None or (
-            self.aggregator is not None and self.aggregator.name != "mean"
+            self.aggregator is not None and not is_plain_mean(self.aggregator)
         )
+        self.pre_key: tuple[int, ...] = ()
+        """The ids of the jobs of the set being aggregated: the key of bucketing's shuffle."""
         self.last_aggregate: torch.Tensor | None = None
         self.server_opt = ServerOptimizer.of(
             scenario.server_optimizer, getattr(config, "server_lr", 1.0)
@@ -249,6 +257,7 @@ class Algorithm:
         """
         rows = torch.stack(deltas)
         weights = torch.tensor(raw, dtype=torch.float64, device=rows.device)
+        self.pre_key = tuple(sorted(j.id for j in jobs))
         cfg = self.aggregator_for(len(jobs))
         if self.server_attack:
             byz = [self.ctx.clients.byzantine[j.client] for j in jobs]
@@ -264,15 +273,27 @@ class Algorithm:
                 self.unattacked_updates += n_byz
         if cfg is not self.aggregator:
             self.ctx.trace.count("robust_fallbacks")
-        result = robust_aggregate(cfg, rows, weights, previous=self.last_aggregate)
+        result = robust_aggregate(
+            cfg, rows, weights, previous=self.last_aggregate, generator=self.pre_generator()
+        )
         self.last_aggregate = result
         return result
 
+    def pre_generator(self) -> torch.Generator | None:
+        """The shuffle of a bucketing pre-aggregator for the current set: the stream
+        ``aggregator.pre`` keyed by the set's job ids (the same set shuffles the same way, a
+        resumed run included); None when no pre-aggregator draws."""
+        if not uses_generator(self.aggregator):
+            return None
+        return self.ctx.streams.torch_generator("aggregator.pre", *self.pre_key)
+
     def aggregator_for(self, n: int) -> Any:
         """The aggregator for a set of ``n`` rows: the scenario's, or the coordinate median when
-        Krum cannot run on ``n`` rows (counted in ``robust_fallbacks`` by :meth:`combine`)."""
+        its pipeline cannot run on ``n`` rows (Krum's ``n ≤ 2f + 2``, ``n ≤ 2f``, a pre-aggregator's
+        ``f ≥ n``: :func:`~fedsim.robust.aggregators.shortfall`), counted in ``robust_fallbacks``
+        by :meth:`combine`."""
         cfg = self.aggregator
-        if cfg.name == "krum" and not (n > 2 * cfg.f + 2 and cfg.m <= n - cfg.f):
+        if shortfall(cfg, n) is not None:
             return CoordinateMedianConfig()
         return cfg
 
@@ -292,7 +313,9 @@ class Algorithm:
         def aggregate_with(v: torch.Tensor) -> torch.Tensor:
             trial = rows.clone()
             trial[mask] = v.to(rows.dtype)
-            return robust_aggregate(cfg, trial, weights, previous=self.last_aggregate)
+            return robust_aggregate(
+                cfg, trial, weights, previous=self.last_aggregate, generator=self.pre_generator()
+            )
 
         rank = self.mimic_rank
         target = (

@@ -62,6 +62,7 @@ from fedsim.clients import Job
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
 from fedsim.learning.data import dataset_info
+from fedsim.robust.aggregators import is_plain_mean
 
 
 class BrainConfig(Section):
@@ -125,7 +126,7 @@ def check_scenario(scenario: Any) -> None:
                 f"{value} is larger than the number of nodes (clients.count = {n})",
                 path=f"algorithm.{key}",
             )
-    if scenario.aggregator.name != "mean":
+    if not is_plain_mean(scenario.aggregator):
         raise ScenarioError(
             f"{config.name} merges one proposal at a time and is robust by its committee; "
             "use aggregator: mean",

@@ -22,6 +22,7 @@ from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.clients import Job
 from fedsim.config_base import Section
+from fedsim.robust.aggregators import is_plain_mean
 
 
 class FedAsyncConfig(Section):
@@ -67,7 +68,7 @@ class FedAsync(Algorithm):
         if cfg.max_staleness is not None and k > cfg.max_staleness:
             self.record(job, "late", "staleness")
         else:
-            if self.learning and (self.aggregator.name != "mean" or self.server_attack):
+            if self.learning and (not is_plain_mean(self.aggregator) or self.server_attack):
                 self._robust_arrival(job, k)
             else:
                 w_local = self.local_model(job)
@@ -110,7 +111,7 @@ class FedAsync(Algorithm):
             self.honest_window.append((job.client, delta))
         self.record(job, "applied")
         alpha_k = self.config.alpha * self.config.staleness.weight(k)
-        if self.aggregator.name == "mean":  # plain FedAsync mixing of the (attacked) local model
+        if is_plain_mean(self.aggregator):  # plain FedAsync mixing of the (attacked) local model
             self.mix(job.start + delta, alpha_k)
             return
         self.window.append((job, delta))

@@ -32,6 +32,7 @@ from fedsim.learning.batched import make_trainer
 from fedsim.learning.data import DataConfig, FederatedData, dataset_info
 from fedsim.learning.models import Model, build_model, init_params
 from fedsim.learning.trainer import Evaluator, LocalTask, TrainingConfig
+from fedsim.robust.aggregators import is_plain_mean
 from fedsim.world import build_task_data, task_streams
 
 
@@ -70,7 +71,7 @@ def check_multitask_scenario(config: Any, scenario: Any) -> None:
     for key, value in (("byzantine", scenario.byzantine), ("topology", scenario.topology)):
         if value is not None:
             raise ScenarioError(f"not supported by {config.name}; set it to null", path=key)
-    if scenario.aggregator.name != "mean":
+    if not is_plain_mean(scenario.aggregator):
         raise ScenarioError(
             f"{config.name} averages each task's updates; only aggregator mean is supported",
             path="aggregator.name",

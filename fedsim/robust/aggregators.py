@@ -47,7 +47,9 @@ tensor([1.])
 
 from __future__ import annotations
 
+import fractions
 import functools
+import math
 import typing
 from collections.abc import Callable
 from typing import Annotated, Literal
@@ -58,6 +60,20 @@ from torch import Tensor
 
 from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
+from fedsim.robust.catalogue import (
+    CAFConfig,
+    MDAConfig,
+    MeamedConfig,
+    MoNNAConfig,
+    SMEAConfig,
+    caf,
+    check_majority,
+    check_subsets,
+    mda,
+    meamed,
+    monna,
+    smea,
+)
 from fedsim.robust.custom import (
     REGISTERED_SOURCES,
     CustomAggregatorConfig,
@@ -65,52 +81,21 @@ from fedsim.robust.custom import (
     call_aggregator,
     config_for,
 )
-
-_CHUNK_ELEMENTS = 1 << 22
-"""Weighted coordinate-wise statistics sort columns in blocks of at most this many elements."""
-
-_DIRECT_DISTANCE_ELEMENTS = 1 << 16
-"""Krum computes pairwise distances directly (exact) when ``n² · d`` is at most this, else by Gram."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs
-
-
-def _prepare(updates: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor, bool]:
-    """``(updates, coefficients summing to 1 in float64, weights all equal?)`` after shape checks."""
-    if updates.ndim != 2 or updates.shape[0] == 0:
-        raise ValueError(
-            f"updates must be a non-empty [n, d] tensor, got shape {tuple(updates.shape)}"
-        )
-    if not updates.is_floating_point():
-        raise ValueError(f"updates must be floating point, got {updates.dtype}")
-    n = updates.shape[0]
-    if weights is None:
-        return updates, torch.full((n,), 1.0 / n, dtype=torch.float64, device=updates.device), True
-    if weights.shape != (n,):
-        raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
-    w = weights.to(device=updates.device, dtype=torch.float64)
-    total = w.sum()
-    if not (torch.isfinite(w).all() and (w >= 0).all() and total > 0):
-        shown = weights.tolist() if n <= 8 else f"min {float(w.min())}, sum {float(total)}"
-        raise ValueError(f"weights must be finite, >= 0 and not all zero, got {shown}")
-    return updates, w / total, bool((w == w[0]).all())
-
-
-def _weighted_average(rows: Tensor, coeffs: Tensor) -> Tensor:
-    """``Σ c_i · rows_i`` with ``coeffs`` (float64, summing to 1) cast to the rows' dtype."""
-    return (coeffs.to(rows.dtype)[:, None] * rows).sum(0)
-
-
-def _by_columns(fn: Callable[[Tensor], Tensor], updates: Tensor) -> Tensor:
-    """``fn`` applied to blocks of columns (bounded memory for sort-based statistics)."""
-    n, d = updates.shape
-    step = max(1, _CHUNK_ELEMENTS // n)
-    if step >= d:
-        return fn(updates)
-    return torch.cat([fn(updates[:, j : j + step]) for j in range(0, d, step)])
-
+from fedsim.robust.preaggregators import (
+    AggregatorSection,
+    needs_generator,
+    pre_aggregate,
+    pre_shortfall,
+)
+from fedsim.robust.rows import (
+    by_columns,
+    clip,
+    coordinate_median,
+    prepare,
+    rank,
+    squared_distances,
+    weighted_average,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Aggregators
@@ -122,50 +107,16 @@ def mean(updates: Tensor, weights: Tensor | None = None) -> Tensor:
     >>> mean(torch.tensor([[1.0, 2.0], [3.0, 6.0]]), torch.tensor([3.0, 1.0]))
     tensor([1.5000, 3.0000])
     """
-    updates, coeffs, _ = _prepare(updates, weights)
-    return _weighted_average(updates, coeffs)
-
-
-def coordinate_median(updates: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Coordinate-wise (weighted) median; for an even split the midpoint of the two middle values.
-
-    With equal weights this is the usual median: the middle value for odd ``n``, the mean of the
-    two middle values for even ``n`` (as ``(median(U) − median(−U))/2`` in the reference code). With
-    unequal weights it is the weighted median per coordinate: the midpoint of the smallest value
-    whose cumulative weight reaches half the total and the smallest one whose cumulative weight
-    exceeds it. It stays within the honest range of a coordinate while the Byzantine rows hold less
-    than half of the weight.
-
-    >>> coordinate_median(torch.tensor([[1.0, 5.0], [2.0, -1.0], [40.0, 0.0]]))
-    tensor([2., 0.])
-    >>> coordinate_median(torch.tensor([[1.0], [2.0], [40.0]]), torch.tensor([1.0, 1.0, 3.0]))
-    tensor([40.])
-    """
-    updates, coeffs, uniform = _prepare(updates, weights)
-    n = updates.shape[0]
-    if uniform:
-        if n % 2:
-            return updates.kthvalue((n + 1) // 2, dim=0).values
-        # both middle values in one pass (about twice as fast as two kthvalue calls)
-        low = updates.topk(n // 2 + 1, dim=0, largest=False, sorted=True).values
-        return (low[-2] + low[-1]) / 2
-    return _by_columns(functools.partial(_weighted_median, coeffs=coeffs), updates)
-
-
-def _weighted_median(block: Tensor, coeffs: Tensor) -> Tensor:
-    values, order = block.sort(dim=0)
-    cumulative = coeffs[order].cumsum(dim=0)
-    slack = 1e-9  # cumulative weights are float64 sums of coefficients that add up to 1
-    last = block.shape[0] - 1
-    lower = (cumulative < 0.5 - slack).sum(0).clamp_(max=last)
-    upper = (cumulative <= 0.5 + slack).sum(0).clamp_(max=last)
-    return (values.gather(0, lower[None]) + values.gather(0, upper[None]))[0] / 2
+    updates, coeffs, _ = prepare(updates, weights)
+    return weighted_average(updates, coeffs)
 
 
 def trimmed_mean(
     updates: Tensor, weights: Tensor | None = None, *, trim_fraction: float = 0.1
 ) -> Tensor:
     """Per coordinate, drop the ``b = ⌊trim_fraction·n⌋`` smallest and largest values and average the rest.
+
+    ``b`` is computed exactly on the decimal given (:func:`trim_count`: 0.29 of 100 rows is 29).
 
     The kept values are averaged with their rows' weights (plain mean where those weights are all
     zero; among equal values the lighter rows count as the smaller ones); ``b = 0`` is exactly :func:`mean`. Requires ``0 ≤ trim_fraction < 0.5`` (so ``2b < n``).
@@ -175,26 +126,38 @@ def trimmed_mean(
     >>> trimmed_mean(torch.tensor([[1.0], [2.0], [3.0], [4.0], [-90.0]]), trim_fraction=0.2)
     tensor([2.])
     """
-    updates, coeffs, uniform = _prepare(updates, weights)
+    updates, coeffs, uniform = prepare(updates, weights)
     n = updates.shape[0]
     if not trim_fraction >= 0:
         raise ScenarioError(f"must be >= 0, got {trim_fraction}", path="aggregator.trim_fraction")
     if not trim_fraction < 0.5:
         raise ScenarioError(f"must be < 0.5, got {trim_fraction}", path="aggregator.trim_fraction")
-    b = int(trim_fraction * n)
+    b = trim_count(trim_fraction, n)
     if not 2 * b < n:  # unreachable for trim_fraction < 0.5; kept as the statement of the bound
         raise ScenarioError(
             f"trimmed mean needs 2⌊trim_fraction·n⌋ < n, got n={n}, trim_fraction={trim_fraction}",
             path="aggregator.trim_fraction",
         )
     if b == 0:
-        return _weighted_average(updates, coeffs)
+        return weighted_average(updates, coeffs)
     if uniform:
-        return _by_columns(lambda block: block.sort(dim=0).values[b : n - b].mean(0), updates)
+        return by_columns(lambda block: block.sort(dim=0).values[b : n - b].mean(0), updates)
     # Equal values are ordered by weight, so which of them is trimmed does not depend on row order.
     by_weight = torch.argsort(coeffs, stable=True)
     trim = functools.partial(_weighted_trimmed, coeffs=coeffs[by_weight], b=b)
-    return _by_columns(trim, updates[by_weight])
+    return by_columns(trim, updates[by_weight])
+
+
+def trim_count(trim_fraction: float, n: int) -> int:
+    """``⌊trim_fraction · n⌋`` of the decimal ``trim_fraction`` stands for (its shortest repr), exactly.
+
+    In binary floating point ``0.29 * 100`` is ``28.999999999999996``, whose floor drops one row
+    per side; the fraction ``29/100`` of the written decimal does not.
+
+    >>> trim_count(0.29, 100), int(0.29 * 100)
+    (29, 28)
+    """
+    return math.floor(fractions.Fraction(repr(float(trim_fraction))) * n)
 
 
 def _weighted_trimmed(block: Tensor, coeffs: Tensor, b: int) -> Tensor:
@@ -236,34 +199,8 @@ def krum_scores(updates: Tensor, *, f: int) -> Tensor:
     """
     n = updates.shape[0]
     check_krum(n, f=f)
-    rows = updates.double()
-    if n * n * updates.shape[1] <= _DIRECT_DISTANCE_ELEMENTS:
-        dist = (rows[:, None, :] - rows[None, :, :]).square().sum(-1)
-    else:
-        sq = rows.square().sum(1)
-        dist = (sq[:, None] + sq[None, :] - 2.0 * (rows @ rows.T)).clamp_(min=0.0)
-    dist.fill_diagonal_(float("inf"))
+    dist = squared_distances(updates).fill_diagonal_(float("inf"))
     return dist.topk(n - f - 2, dim=1, largest=False, sorted=True).values.sum(1)
-
-
-def _rank(updates: Tensor, scores: Tensor, coeffs: Tensor) -> list[int]:
-    """Row indices by increasing score; exact ties broken by the lexicographic order of the rows,
-    then (equal rows) by decreasing weight.
-
-    The tie-break makes the choice independent of the order of the rows (permutation invariance).
-    """
-    values, weights = scores.tolist(), coeffs.tolist()
-
-    def compare(i: int, j: int) -> int:
-        if values[i] != values[j]:
-            return -1 if values[i] < values[j] else 1
-        differ = (updates[i] != updates[j]).nonzero()
-        if len(differ) == 0:
-            return (weights[i] < weights[j]) - (weights[i] > weights[j])
-        k = int(differ[0, 0])
-        return -1 if updates[i, k] < updates[j, k] else 1
-
-    return sorted(range(len(values)), key=functools.cmp_to_key(compare))
 
 
 def krum(updates: Tensor, weights: Tensor | None = None, *, f: int = 1, m: int = 1) -> Tensor:
@@ -278,14 +215,14 @@ def krum(updates: Tensor, weights: Tensor | None = None, *, f: int = 1, m: int =
     >>> krum(torch.tensor([[0.0], [1.0], [2.0], [9.0], [10.0]]), f=1, m=2)
     tensor([0.5000])
     """
-    updates, coeffs, _ = _prepare(updates, weights)
+    updates, coeffs, _ = prepare(updates, weights)
     check_krum(updates.shape[0], f=f, m=m)
-    chosen = _rank(updates, krum_scores(updates, f=f), coeffs)[:m]
+    chosen = rank(updates, krum_scores(updates, f=f), coeffs)[:m]
     if m == 1:
         return updates[chosen[0]].clone()
     picked = coeffs[chosen]
     picked = picked / picked.sum() if picked.sum() > 0 else torch.full_like(picked, 1.0 / m)
-    return _weighted_average(updates[chosen], picked)
+    return weighted_average(updates[chosen], picked)
 
 
 def geometric_median(
@@ -309,7 +246,7 @@ def geometric_median(
     >>> geometric_median(u, tol=1e-12)
     tensor([0.5000, 0.5000], dtype=torch.float64)
     """
-    updates, coeffs, _ = _prepare(updates, weights)
+    updates, coeffs, _ = prepare(updates, weights)
     if not tol >= 0:
         raise ScenarioError(f"must be >= 0, got {tol}", path="aggregator.tol")
     if max_iter < 1:
@@ -317,7 +254,7 @@ def geometric_median(
     if not eps > 0:
         raise ScenarioError(f"must be > 0, got {eps}", path="aggregator.eps")
     alpha = coeffs.to(updates.dtype)
-    z = _weighted_average(updates, coeffs)
+    z = weighted_average(updates, coeffs)
     dist = torch.linalg.vector_norm(updates - z, dim=1)
     objective = float(alpha @ dist)
     for _ in range(max_iter):
@@ -328,20 +265,6 @@ def geometric_median(
         if previous - objective <= tol * objective:
             break
     return z
-
-
-def clip(x: Tensor, tau: float) -> Tensor:
-    """Rows of ``x`` scaled to norm at most ``tau``: ``x · min(1, τ/‖x‖)`` (zero rows stay zero).
-
-    >>> clip(torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]]), 1.0)
-    tensor([[0.6000, 0.8000],
-            [0.3000, 0.4000],
-            [0.0000, 0.0000]])
-    """
-    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    # a tensor numerator: ``float / tensor`` multiplies by 1/‖x‖, which overflows for tiny norms
-    ratio = torch.full_like(norms, tau) / norms
-    return x * torch.where(norms > tau, ratio, torch.ones_like(norms))
 
 
 def centered_clipping(
@@ -364,13 +287,13 @@ def centered_clipping(
     >>> centered_clipping(u, tau=1.0, iters=1, center=torch.zeros(2))
     tensor([0.6667, 0.0000])
     """
-    updates, coeffs, _ = _prepare(updates, weights)
+    updates, coeffs, _ = prepare(updates, weights)
     if not tau >= 0:
         raise ScenarioError(f"must be >= 0, got {tau}", path="aggregator.tau")
     if iters < 1:
         raise ScenarioError(f"must be >= 1, got {iters}", path="aggregator.iters")
     if center is None:
-        v = _weighted_average(updates, coeffs)
+        v = weighted_average(updates, coeffs)
     elif center.shape != updates.shape[1:]:
         raise ValueError(f"center must have shape ({updates.shape[1]},), got {tuple(center.shape)}")
     else:
@@ -418,19 +341,19 @@ def screen_updates(
 # Scenario configuration
 
 
-class MeanConfig(Section):
+class MeanConfig(AggregatorSection):
     """Weighted mean of the updates (the default; not robust)."""
 
     name: Literal["mean"] = "mean"
 
 
-class CoordinateMedianConfig(Section):
+class CoordinateMedianConfig(AggregatorSection):
     """Coordinate-wise (weighted) median."""
 
     name: Literal["coordinate_median"] = "coordinate_median"
 
 
-class TrimmedMeanConfig(Section):
+class TrimmedMeanConfig(AggregatorSection):
     """Coordinate-wise trimmed mean."""
 
     name: Literal["trimmed_mean"] = "trimmed_mean"
@@ -438,7 +361,7 @@ class TrimmedMeanConfig(Section):
     """Per coordinate, drop the ⌊trim_fraction·n⌋ smallest and as many largest values (n = updates aggregated)."""
 
 
-class KrumConfig(Section):
+class KrumConfig(AggregatorSection):
     """Krum; multi-Krum (average of the m best-scored updates) when m > 1."""
 
     name: Literal["krum"] = "krum"
@@ -448,7 +371,7 @@ class KrumConfig(Section):
     """Number of best-scored updates averaged (1 = Krum); at most n − f."""
 
 
-class GeometricMedianConfig(Section):
+class GeometricMedianConfig(AggregatorSection):
     """Geometric median (RFA) by smoothed Weiszfeld iterations."""
 
     name: Literal["geometric_median"] = "geometric_median"
@@ -460,7 +383,7 @@ class GeometricMedianConfig(Section):
     """Smoothing: distances below eps count as eps (a large eps turns the median into the mean)."""
 
 
-class CenteredClippingConfig(Section):
+class CenteredClippingConfig(AggregatorSection):
     """Centred clipping around a starting point."""
 
     name: Literal["centered_clipping"] = "centered_clipping"
@@ -486,6 +409,11 @@ AggregatorConfig = (
     | KrumConfig
     | GeometricMedianConfig
     | CenteredClippingConfig
+    | MDAConfig
+    | SMEAConfig
+    | CAFConfig
+    | MoNNAConfig
+    | MeamedConfig
     | CustomAggregatorConfig
 )
 """Every built-in aggregator's config; the scenario picks one by ``name`` (the scenario's union also
@@ -503,6 +431,11 @@ AGGREGATORS: dict[str, Callable[..., Tensor]] = {
     "krum": krum,
     "geometric_median": geometric_median,
     "centered_clipping": centered_clipping,
+    "mda": mda,
+    "smea": smea,
+    "caf": caf,
+    "monna": monna,
+    "meamed": meamed,
 }
 """name → aggregator function; the config's other fields are its keyword arguments (registered
 aggregators take theirs from ``kwargs``). ``custom`` names no function: its config's target does."""
@@ -556,18 +489,77 @@ def aggregate(
     weights: Tensor | None = None,
     *,
     previous: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Aggregate with the scenario's aggregator. ``previous``: the last aggregate (centred clipping).
+    """Aggregate with the scenario's aggregator: its pre-aggregators in order, then the rule.
+
+    ``previous``: the last aggregate (centred clipping, MoNNA's ``reference: previous``);
+    ``generator``: the random stream of a shuffling pre-aggregator (bucketing). A set too small
+    for the pipeline raises the rule's scenario error; algorithms check :func:`shortfall` first
+    and fall back to the coordinate median (``robust_fallbacks``).
 
     >>> aggregate(TrimmedMeanConfig(trim_fraction=0.2), torch.tensor([[1.0], [2.0], [3.0], [4.0], [-90.0]]))
     tensor([2.])
     """
     if isinstance(config, FunctionAggregator):
         return call_aggregator(config.function(), config.where(), updates, weights, config.kwargs)
-    kwargs = config.model_dump(exclude={"name"})
+    updates, weights = pre_aggregate(config.pre, updates, weights, generator=generator)
+    kwargs = config.model_dump(exclude={"name", "pre"})
     if isinstance(config, CenteredClippingConfig):
         kwargs["center"] = _start(config.center, updates, weights, previous)
+    if isinstance(config, MoNNAConfig):
+        kwargs["reference"] = previous if config.reference == "previous" else None
     return AGGREGATORS[config.name](updates, weights, **kwargs)
+
+
+def is_plain_mean(config: AggregatorConfig) -> bool:
+    """The mean with no pre-aggregator: algorithms then run their historical code paths
+    (bit-identical traces)."""
+    return config.name == "mean" and not getattr(config, "pre", ())
+
+
+def uses_generator(config: AggregatorConfig) -> bool:
+    """Whether :func:`aggregate` needs a ``generator`` for ``config`` (bucketing in ``pre``)."""
+    return needs_generator(getattr(config, "pre", []))
+
+
+def shortfall(config: AggregatorConfig, n: int) -> ScenarioError | None:
+    """Why ``config`` cannot aggregate ``n`` rows (an error naming the key), or None."""
+    if isinstance(config, FunctionAggregator):
+        return None
+    error, rows = pre_shortfall(config.pre, n)
+    if error is not None:
+        return error
+    try:
+        if isinstance(config, KrumConfig):
+            check_krum(rows, f=config.f, m=config.m)
+        elif isinstance(config, MDAConfig | SMEAConfig | CAFConfig | MoNNAConfig | MeamedConfig):
+            check_majority(_RULES[config.name], rows, config.f)
+    except ScenarioError as exc:
+        if rows == n:
+            return exc
+        return ScenarioError(f"{exc.message} (the {n} updates bucketed into {rows})", path=exc.path)
+    return None
+
+
+_RULES = {"mda": "MDA", "smea": "SMEA", "caf": "CAF", "monna": "MoNNA", "meamed": "Meamed"}
+
+
+def check_aggregator(config: AggregatorConfig, n: int) -> None:
+    """Raise the scenario error ``config`` would raise on ``n`` updates (for checks at parse
+    time): a precondition of a pre-aggregator or of the rule, or a subset search too large.
+
+    >>> check_aggregator(MDAConfig(f=2), 4)
+    Traceback (most recent call last):
+    ...
+    fedsim.errors.ScenarioError: aggregator.f: MDA needs n > 2f, got n=4, f=2
+    """
+    error = shortfall(config, n)
+    if error is not None:
+        raise error
+    if isinstance(config, MDAConfig | SMEAConfig):
+        _, rows = pre_shortfall(config.pre, n)
+        check_subsets(_RULES[config.name], rows, config.f, config.max_subsets)
 
 
 def _start(kind: str, updates: Tensor, weights: Tensor | None, previous: Tensor | None) -> Tensor:
