@@ -55,7 +55,10 @@ def test_gaussian_mean_is_added_to_the_same_draw_and_zero_mean_is_today_bit_for_
     # 200k draws of N(−7, 9): the sample mean's standard error is 0.0067
     assert abs(float(shifted.mean()) + 7.0) < 0.04
     honest_plus = client_attack(
-        GaussianConfig(std=3.0, mean=2.0, add_to_honest=True), h, w, torch.Generator().manual_seed(5)
+        GaussianConfig(std=3.0, mean=2.0, add_to_honest=True),
+        h,
+        w,
+        torch.Generator().manual_seed(5),
     )
     assert torch.equal(honest_plus, h + (draw + 2.0))
     assert GaussianConfig().mean == 0.0
@@ -66,7 +69,9 @@ def test_inf_sends_its_value_in_every_coordinate():
     sent = client_attack(InfConfig(), delta, torch.zeros(3), None)
     assert sent.dtype == torch.float64 and sent.shape == (3,)
     assert bool(torch.isposinf(sent).all())
-    assert torch.equal(infinite(delta, delta, None, value=-1e30), torch.full((3,), -1e30, dtype=torch.float64))
+    assert torch.equal(
+        infinite(delta, delta, None, value=-1e30), torch.full((3,), -1e30, dtype=torch.float64)
+    )
     assert math.isnan(float(client_attack(InfConfig(value=math.nan), delta, delta, None)[0]))
 
 
