@@ -388,7 +388,8 @@ def schema() -> None:
 
 @cli.command(name="list")
 def list_plugins() -> None:
-    """List algorithms, datasets, models, partitions and delay laws."""
+    """List every name a scenario may use: algorithms, datasets, models, partitions, delay laws,
+    aggregators and pre-aggregators, attacks, server optimizers, ..."""
     from fedsim.registry import catalogue
 
     for kind, names in catalogue().items():

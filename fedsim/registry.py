@@ -9,6 +9,7 @@ from fedsim.algorithms.staleness import StalenessConfig
 from fedsim.learning.data import DATASETS
 from fedsim.learning.models import MODELS
 from fedsim.learning.partition import Partition
+from fedsim.robust.preaggregators import PRE_AGGREGATORS
 from fedsim.timing import DELAY_LAWS, Heterogeneity
 from fedsim.topology import GraphConfig, MixingConfig
 
@@ -43,6 +44,7 @@ def catalogue() -> dict[str, list[str]]:
         "delay laws": list(DELAY_LAWS),
         "heterogeneity": _tags(Heterogeneity, "dist"),
         "aggregators": _named(aggregator_sources()),
+        "pre-aggregators": list(PRE_AGGREGATORS),
         "attacks": _named(attack_sources()),
         "graphs": _tags(GraphConfig, "kind"),
         "mixing rules": _tags(MixingConfig, "kind"),

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import fedsim.robust.preaggregators as pre
+from fedsim.cli import main
 from fedsim.errors import ScenarioError
 from fedsim.robust.aggregators import (
     CoordinateMedianConfig,
@@ -282,3 +283,12 @@ def test_nnm_in_fedasync_window(small_learning):
     # the window fills from one update: sets with f >= n fall back and are counted
     assert result.summary["robust_fallbacks"] >= 1
     assert not np.array_equal(_losses(result), _losses(plain))
+
+
+def test_fedsim_list_shows_pre_aggregators_and_server_optimizers(capsys):
+    main(["list"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "pre-aggregators: nnm, bucketing, arc, clipping" in lines
+    assert "server optimizers: sgd, momentum, nesterov, adam, yogi, adagrad" in lines
+    aggregators = next(line for line in lines if line.startswith("aggregators: "))
+    assert all(name in aggregators for name in ("mda", "smea", "caf", "monna", "meamed"))

@@ -208,7 +208,7 @@ class AggregatorSection(Section):
 
     name: str = ""
     pre: list[PreAggregatorField] = Field(default_factory=list)
-    """Pre-aggregators applied in order before the aggregator: nnm, bucketing, arc, clipping (docs/robustness.md). [] = none."""
+    """Pre-aggregators applied in order before the aggregator ([] = none; docs/robustness.md): {name: nnm, f: 1} each update becomes the average of its n − f nearest (needs f < n); {name: bucketing, size: 2} shuffled (stream aggregator.pre) and averaged in buckets of size, ⌈n/size⌉ out; {name: arc, f: 1} the ⌊2f(n−f)/n⌋ largest updates clipped to the next norm (needs f < n); {name: clipping, threshold: T} every update clipped to L2 norm T (required)."""
 
 
 def rows_after(stage: PreAggregatorConfig, n: int) -> int:
