@@ -26,12 +26,14 @@ TABLES = {
     "benchmarks/results/paths.json": "benchmarks/bench_paths.py",
     "benchmarks/results/frain_nullifiers.json": "benchmarks/experiments/frain_nullifiers.py",
     "benchmarks/results/scaffold_vs_fedavg.json": "benchmarks/experiments/scaffold_vs_fedavg.py",
+    "benchmarks/results/fedbuff_vs_fedavgm.json": "benchmarks/experiments/fedbuff_vs_fedavgm.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
 PAGES = {
     "benchmarks/results/fault_injection.json": ROOT / "docs" / "validation.md",
     "benchmarks/results/frain_nullifiers.json": ROOT / "docs" / "experiments.md",
     "benchmarks/results/scaffold_vs_fedavg.json": ROOT / "docs" / "algorithms" / "scaffold.md",
+    "benchmarks/results/fedbuff_vs_fedavgm.json": ROOT / "docs" / "experiments.md",
 }
 """Tables that live on another page than docs/performance.md."""
 
