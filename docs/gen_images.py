@@ -11,6 +11,7 @@ images show what a user gets. Not run by the tests; a few minutes on 2 CPU cores
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +110,32 @@ def label_distribution() -> Figure:
     )
 
 
+@functools.cache
+def _sleepy_quickstart() -> fedsim.Result:
+    """The quickstart with half the clients asleep at any time: on/off spells of 2 minutes on
+    average (Markov), so clients differ in how long they were online."""
+    spells = {"dist": "exponential", "mean_s": 120.0}
+    return _run(
+        "quickstart",
+        {"clients.availability": {"kind": "markov", "online": spells, "offline": spells}},
+    )
+
+
+def online_quickstart() -> Figure:
+    """Clients online and test accuracy of the quickstart with sleepy clients."""
+    return plots.online_clients(_sleepy_quickstart())
+
+
+def participation_quickstart() -> Figure:
+    """Accepted updates against the share of the run online, same run."""
+    return plots.participation(_sleepy_quickstart())
+
+
+def timeline_sleepy() -> Figure:
+    """Client timeline of the same run: offline spans hatched."""
+    return plots.client_timeline(_sleepy_quickstart(), first_n=12, time_range=(0, 400))
+
+
 FIGURES: dict[str, Callable[[], Figure]] = {
     "accuracy_seeds": accuracy_seeds,
     "staleness": staleness,
@@ -117,6 +144,9 @@ FIGURES: dict[str, Callable[[], Figure]] = {
     "contribution_fedavg": contribution_fedavg,
     "time_to_target": time_to_target,
     "label_distribution": label_distribution,
+    "online_quickstart": online_quickstart,
+    "participation_quickstart": participation_quickstart,
+    "timeline_sleepy": timeline_sleepy,
 }
 """PNG stem in docs/img → how it is made."""
 
