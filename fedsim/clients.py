@@ -230,9 +230,13 @@ class ClientPool:
             trainer = self.trainer
         job.compute_s = compute = timing.compute_s(client)
         job.dropped = dropped = timing.dropped()
-        down_s, up_s = (timing.down_s, timing.up_s) if network else (0.0, 0.0)
         if not network:
+            down_s = up_s = 0.0
             job.bytes_up = job.bytes_down = 0
+        elif timing.down_of is None:
+            down_s, up_s = timing.down_s, timing.up_s
+        else:  # clients.devices: a bandwidth per client
+            down_s, up_s = timing.down_of[client], timing.up_of[client]
         if dropped:
             job.comm_s = down_s
             delay = down_s + compute
@@ -369,7 +373,7 @@ class ClientPool:
         recorded are the parts of download, compute and upload that had elapsed."""
         now = self.env.now
         elapsed = now - job.dispatched_at
-        down = self.timing.down_s if job.bytes_down is None else 0.0
+        down = self.timing.transfer_s(job.client)[0] if job.bytes_down is None else 0.0
         compute = job.compute_s
         job.compute_s = min(max(elapsed - down, 0.0), compute)
         job.comm_s = min(elapsed, down) + max(elapsed - down - compute, 0.0)

@@ -161,8 +161,8 @@ def device_capacity(obj: Any, file: Path, key: str) -> dict[int, tuple[float, fl
             raise bad(f"{where}: expected a dict with keys computation and communication")
         compute = _number(entry["computation"], f"{where}: computation", bad)
         bandwidth = _number(entry["communication"], f"{where}: communication", bad)
-        if compute < 0:
-            raise bad(f"{where}: computation must be >= 0 ms per sample, got {compute:g}")
+        if compute <= 0:
+            raise bad(f"{where}: computation must be > 0 ms per sample, got {compute:g}")
         if bandwidth <= 0:
             raise bad(f"{where}: communication must be > 0 kbit/s, got {bandwidth:g}")
         table[client] = (compute, bandwidth)

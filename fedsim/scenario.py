@@ -33,6 +33,7 @@ from fedsim.algorithms.fedasync import FedAsyncConfig
 from fedsim.algorithms.server_opt import ServerOptimizerConfig
 from fedsim.availability import AlwaysAvailable, AvailabilityConfig, TraceAvailability
 from fedsim.config_base import DefaultTag, Period, Section
+from fedsim.devices import BuiltinDevices, DevicesConfig, ProfileDevices
 from fedsim.errors import Problem, ScenarioError
 from fedsim.learning.data import DataConfig
 from fedsim.learning.models import Model, ModelConfig
@@ -47,9 +48,9 @@ from fedsim.robust.aggregators import (
 from fedsim.robust.byzantine import ByzantineConfig
 from fedsim.rundir import SaveModels
 from fedsim.timing import (
-    DelayLaw,
+    ComputeLaw,
     DropoutConfig,
-    ExponentialDelay,
+    ExponentialCompute,
     Heterogeneity,
     NetworkConfig,
     NoHeterogeneity,
@@ -84,9 +85,9 @@ class ClientsConfig(Section):
 
     count: PositiveInt = 100
     """Number of clients."""
-    compute: DelayLaw = Field(default_factory=ExponentialDelay)
+    compute: ComputeLaw = Field(default_factory=ExponentialCompute)
     """Per-job compute time law (seconds): constant | exponential | lognormal | uniform |
-    shifted_exponential | pareto."""
+    shifted_exponential | pareto; with per_sample: true, the time per sample processed."""
     heterogeneity: Heterogeneity = Field(default_factory=NoHeterogeneity)
     """Fixed per-client speed multiplier: none | lognormal | uniform | classes | linear."""
     stragglers: StragglerConfig = Field(default_factory=StragglerConfig)
@@ -98,11 +99,28 @@ class ClientsConfig(Section):
     availability: AvailabilityConfig = Field(default_factory=AlwaysAvailable)
     """When clients are online: always | diurnal | markov | trace (offline clients are not
     dispatched; a client going offline loses its job, dropped with reason offline)."""
+    devices: DevicesConfig = Field(default_factory=BuiltinDevices)
+    """Each client's compute speed and bandwidth: builtin (heterogeneity and network) | profile
+    (a device-profile file: FedScale's client_device_capacity or a CSV)."""
 
     @model_validator(mode="after")
     def _trace_readable(self) -> ClientsConfig:
         if isinstance(self.availability, TraceAvailability):
             self.availability.check()  # fedsim validate reports a bad trace file
+        if isinstance(self.devices, ProfileDevices):
+            self.devices.check()
+            if not isinstance(self.heterogeneity, NoHeterogeneity):
+                raise ScenarioError(
+                    "clients.devices profile gives each client's speed; leave "
+                    "clients.heterogeneity at none",
+                    path="clients.heterogeneity",
+                )
+            if self.network.bandwidth_mbps is not None:
+                raise ScenarioError(
+                    "clients.devices profile gives each client's bandwidth; leave "
+                    "clients.network.bandwidth_mbps at null",
+                    path="clients.network.bandwidth_mbps",
+                )
         return self
 
 
@@ -276,6 +294,12 @@ class Scenario(Section):
                 f"algorithm.buffer_size ({algo.buffer_size}) > concurrency ({algo.concurrency}) "
                 "with dispatch_policy after_aggregation never fills the buffer"
             )
+        if self.training is None and self.clients.compute.per_sample:
+            raise ScenarioError(
+                "per_sample makes a job's time its samples × the law; a timing-only run "
+                "(training: none) has no samples: set training or per_sample: false",
+                path="clients.compute.per_sample",
+            )
         stop = self.stop
         if self.training is None and stop.time_s is None and stop.max_updates is None:
             raise ScenarioError(
@@ -385,6 +409,7 @@ PATH_KEYS = (
     "topology.graph.path",
     "topology.mixing.path",
     "clients.availability.path",
+    "clients.devices.path",
 )
 """Keys naming a local file or folder. A relative path is made absolute when the scenario is loaded:
 against the scenario file's folder for a value in the file, against the working directory for a

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, PositiveFloat, model_validator
 
 from fedsim.config_base import DefaultTag, Period, Section
+from fedsim.devices import DeviceProfile, build_device_profile
+from fedsim.errors import ScenarioError
 from fedsim.rng import BlockSampler, SeedStreams
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,6 +179,45 @@ DelayLaw = Annotated[
 ]
 DELAY_LAWS = ("constant", "exponential", "lognormal", "uniform", "shifted_exponential", "pareto")
 
+
+class PerSampleOption(Section):
+    """What ``clients.compute`` adds to a delay law."""
+
+    per_sample: bool = False
+    """Job time proportional to the samples it processes: the law is then the compute time per
+    sample (seconds), times the job's samples (local steps × mini-batch width, as the trainer
+    feeds them: with local_epochs, ceil(epochs · n / b) full mini-batches). Needs training;
+    data-size and batch heterogeneity become time heterogeneity. false: the law is the job time."""
+
+
+def _compute_law(law: type[Section]) -> type[Section]:
+    """``law`` with the ``per_sample`` key (a module-level class of its own, so it pickles)."""
+    name = law.__name__.replace("Delay", "Compute")
+    return type(law)(
+        name,
+        (PerSampleOption, law),
+        {"__doc__": law.__doc__, "__module__": __name__, "__qualname__": name},
+    )
+
+
+ConstantCompute = _compute_law(ConstantDelay)
+ExponentialCompute = _compute_law(ExponentialDelay)
+LognormalCompute = _compute_law(LognormalDelay)
+UniformCompute = _compute_law(UniformDelay)
+ShiftedExponentialCompute = _compute_law(ShiftedExponentialDelay)
+ParetoCompute = _compute_law(ParetoDelay)
+ComputeLaw = Annotated[
+    ConstantCompute
+    | ExponentialCompute
+    | LognormalCompute
+    | UniformCompute
+    | ShiftedExponentialCompute
+    | ParetoCompute,
+    Field(discriminator="dist"),
+    DefaultTag("dist", "exponential"),
+]
+"""``clients.compute``: a delay law with ``per_sample``."""
+
 # ---------------------------------------------------------------------------------------------------
 # Per-client speed multipliers (heterogeneity across clients; fixed for the whole run)
 
@@ -312,17 +353,40 @@ class NetworkConfig(Section):
 # The composed model used by the simulation
 
 
+def samples_per_job(training: Any, sizes: np.ndarray) -> np.ndarray:
+    """Samples one job of each client processes (``clients.compute.per_sample``): its local steps
+    times its mini-batch width, as the trainer feeds them. Without replacement the width is
+    ``b = min(batch_size, n)`` and, with ``local_epochs``, the steps ``ceil(epochs · n / b)``: a
+    last partial batch is topped up from the next pass, so it counts as a full one."""
+    n = np.asarray(sizes, dtype=np.int64)
+    batch = training.batch_size
+    width = (
+        np.full_like(n, batch) if training.sampling == "with_replacement" else np.minimum(batch, n)
+    )
+    if training.local_epochs is None:
+        steps = np.full_like(n, training.local_steps)
+    else:
+        steps = np.array(
+            [math.ceil(training.local_epochs * k / b) for k, b in zip(n, width, strict=True)],
+            dtype=np.int64,
+        )
+    return steps * width
+
+
 class ClientTiming:
     """Draws each job's compute time, network time and whether it is lost.
 
-    Per-client multipliers (heterogeneity × straggler slowdown) are fixed at construction; per-job noise,
-    transient stragglers and dropout come from separate streams, so changing one never shifts another.
+    Per-client multipliers (heterogeneity × straggler slowdown, or a device profile's speed) are
+    fixed at construction; per-job noise, transient stragglers and dropout come from separate
+    streams, so changing one never shifts another. A job of client ``i`` computes for
+    ``speed_i · work_i · draw``: ``draw`` from the compute law, ``work_i`` its samples per job
+    with ``clients.compute.per_sample`` (else 1).
     """
 
     def __init__(
         self,
         *,
-        compute: DelayLaw,
+        compute: DelayLaw | ComputeLaw,
         heterogeneity: Heterogeneity,
         stragglers: StragglerConfig,
         dropout: DropoutConfig,
@@ -332,8 +396,20 @@ class ClientTiming:
         bytes_up: int,
         streams: SeedStreams,
         extra_multipliers: np.ndarray | None = None,
+        devices: DeviceProfile | None = None,
+        job_samples: np.ndarray | None = None,
     ) -> None:
-        speed = heterogeneity.multipliers(streams.generator("timing.heterogeneity"), n_clients)
+        per_sample = bool(getattr(compute, "per_sample", False))
+        if per_sample and job_samples is None:
+            raise ScenarioError(
+                "per_sample needs the samples of each job: set training (not none)",
+                path="clients.compute.per_sample",
+            )
+        if devices is None:
+            speed = heterogeneity.multipliers(streams.generator("timing.heterogeneity"), n_clients)
+        else:  # the profile's ms per sample, against the law's mean (per sample) or the file's
+            reference = compute.mean * 1000.0 if per_sample else devices.file_mean_ms
+            speed = np.asarray(devices.compute_ms, dtype=np.float64) / reference
         self.is_straggler = np.zeros(n_clients, dtype=bool)
         n_slow = round(stragglers.fraction * n_clients)
         if n_slow:
@@ -343,6 +419,13 @@ class ClientTiming:
         if extra_multipliers is not None:  # e.g. fast Byzantine clients
             speed = speed * extra_multipliers
         self.speed: list[float] = speed.tolist()
+        """Each client's fixed multiplier of the compute law's draw (> 1: slower)."""
+        self.work: list[int] | None = None
+        """Samples per job of each client (``per_sample``), else None (a job is one draw)."""
+        self._scale = self.speed
+        if per_sample:
+            self.work = np.asarray(job_samples, dtype=np.int64).tolist()
+            self._scale = (speed * np.asarray(self.work, dtype=np.float64)).tolist()
         self.compute_law = compute
         noise_rng = streams.generator("timing.compute")
         self._noise = BlockSampler(partial(compute.sample, noise_rng))  # picklable: checkpoints
@@ -355,21 +438,67 @@ class ClientTiming:
         self._drop_u = BlockSampler(drop_rng.random)
         self.down_s = network.transfer_s(bytes_down)
         self.up_s = network.transfer_s(bytes_up)
+        self.down_of: list[float] | None = None
+        """Per-client download seconds with a device profile (else None: ``down_s`` for all)."""
+        self.up_of: list[float] | None = None
+        if devices is not None:
+            kbps = np.asarray(devices.bandwidth_kbps, dtype=np.float64)
+            self.down_of = (network.latency_s + bytes_down * 8 / (kbps * 1000.0)).tolist()
+            self.up_of = (network.latency_s + bytes_up * 8 / (kbps * 1000.0)).tolist()
+            # the mean, for algorithms that price one transfer without a client (BRAIN's entry)
+            self.down_s = float(np.mean(self.down_of))
+            self.up_s = float(np.mean(self.up_of))
         self.bytes_down = bytes_down
         self.bytes_up = bytes_up
 
+    @classmethod
+    def for_scenario(
+        cls,
+        scenario: Any,
+        *,
+        sizes: np.ndarray,
+        streams: SeedStreams,
+        model_bytes: int,
+        extra_multipliers: np.ndarray | None = None,
+    ) -> ClientTiming:
+        """The timing of ``scenario.clients`` (devices and per-sample work included) for clients
+        holding ``sizes`` training samples, each job moving ``model_bytes`` each way."""
+        clients = scenario.clients
+        per_sample = scenario.training is not None and clients.compute.per_sample
+        return cls(
+            compute=clients.compute,
+            heterogeneity=clients.heterogeneity,
+            stragglers=clients.stragglers,
+            dropout=clients.dropout,
+            network=clients.network,
+            n_clients=clients.count,
+            bytes_down=model_bytes,
+            bytes_up=model_bytes,
+            streams=streams,
+            extra_multipliers=extra_multipliers,
+            devices=build_device_profile(clients.devices, clients.count),
+            job_samples=samples_per_job(scenario.training, sizes) if per_sample else None,
+        )
+
     def compute_s(self, client: int) -> float:
         """Compute time of one job of ``client``, in simulated seconds."""
-        t = self.speed[client] * self._noise()
+        t = self._scale[client] * self._noise()
         if self._job_prob and self._slow_u() < self._job_prob:
             t *= self._job_slowdown
         return t
+
+    def transfer_s(self, client: int) -> tuple[float, float]:
+        """Download and upload seconds of one job of ``client``."""
+        if self.down_of is None:
+            return self.down_s, self.up_s
+        return self.down_of[client], self.up_of[client]
 
     def mean_job_s(self, client: int) -> float:
         """``E[τ_i]``: the mean round trip of one job of ``client`` (compute including transient
         stragglers, download and upload) — what rate-corrected weights and queueing checks use."""
         slow = 1.0 + self._job_prob * (self._job_slowdown - 1.0)
-        return self.speed[client] * self.compute_law.mean * slow + self.down_s + self.up_s
+        down, up = self.transfer_s(client)
+        return self._scale[client] * self.compute_law.mean * slow + down + up
 
     def dropped(self) -> bool:
         """Whether the next job is lost."""
