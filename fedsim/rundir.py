@@ -136,7 +136,7 @@ def claim(
     try:
         check(path, overwrite=overwrite, resume=resume)  # another run may have finished meanwhile
         if from_checkpoint:  # keep the parts and the checkpoint; the finished files are redone
-            for name in (*TRACE_FILES, "summary.json"):
+            for name in (*TRACE_FILES, "summary.json", *WORLD_FILES):
                 (path / name).unlink(missing_ok=True)
             shutil.rmtree(path / "plots", ignore_errors=True)
             return lock

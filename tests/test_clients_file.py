@@ -261,3 +261,32 @@ def test_importing_the_plots_does_not_import_the_engine(root):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
+
+
+class _StopAt:
+    """Stops the process at an evaluation, as a kill would: no file is finished."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def on_eval(self, *, sim_time: float) -> None:
+        if sim_time >= self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_writes_the_same_facts(tmp_path):
+    """The availability log travels in the checkpoint: time online counts the spans before it."""
+    markov = {
+        "kind": "markov",
+        "online": {"dist": "exponential", "mean_s": 15.0},
+        "offline": {"dist": "exponential", "mean_s": 10.0},
+    }
+    data = timing_only(markov, output={"checkpoint_every_s": 25.0}, eval={"every_s": 10.0})
+    fedsim.run(data, out=tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(data, out=tmp_path / "stopped", callbacks=[_StopAt(70.0)])
+    assert (tmp_path / "stopped" / "checkpoint.pkl").is_file()
+    fedsim.run(resume=tmp_path / "stopped")
+    for name in ("clients.parquet", "availability.parquet"):
+        whole, resumed = (pd.read_parquet(tmp_path / d / name) for d in ("whole", "stopped"))
+        pd.testing.assert_frame_equal(whole, resumed, check_exact=True)
