@@ -207,6 +207,18 @@ def test_control_variates_are_kept_only_for_clients_that_took_part(tmp_path):
     torch.testing.assert_close(sim_run.sim.algorithm.c, mean, atol=1e-6, rtol=1e-5)
 
 
+def test_a_refused_model_changes_no_control_variate():
+    """A server step that overflows (finite reports, η_g = 1e300) is refused, and the round then
+    updates no c_i and leaves c at 0."""
+    run = Run(
+        scenario({"name": "scaffold", "cohort_size": 4, "server_lr": 1e300}, time_s=3.5),
+    )
+    assert run.result.summary["rejected_models"] >= 3
+    algorithm = run.sim.algorithm
+    assert (run.events["status"] == "applied").sum() >= 8 and not run.published
+    assert algorithm.controls == {} and not algorithm.c.any()
+
+
 def test_same_seed_same_trace(tmp_path):
     data = scenario(
         {"name": "scaffold", "cohort_size": 4, "deadline_s": 1.2, "over_selection": 0.5},

@@ -90,8 +90,10 @@ class Scaffold(FedAvg):
 
     def step(self, jobs: list[Job], deltas: list[torch.Tensor], raw: list[float]) -> None:
         """FedAvg's server step, then the control variates of the reports and the server's."""
-        old_c = self.c
+        old_c, version = self.c, self.server.version
         super().step(jobs, deltas, raw)
+        if self.server.version == version:  # the new model was refused: nothing changes
+            return
         n_params = old_c.shape[0]
         changes = []
         for job, delta in zip(jobs, deltas, strict=True):
