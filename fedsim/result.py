@@ -51,8 +51,8 @@ CLIENTS_SCHEMA = pa.schema(
     ]
 )
 """Columns of ``clients.parquet``: ``task`` (0, or the task of a multi-task run: one row per client
-and task), ``client``, ``speed`` (the client's fixed duration multiplier: heterogeneity × straggler
-slowdown × ``byzantine.speed``; > 1 = slower), ``straggler``, ``byzantine``, ``server`` (its
+and task), ``client``, ``speed`` (the client's fixed duration multiplier: heterogeneity, or its device's
+speed with ``clients.devices``, × straggler slowdown × ``byzantine.speed``; > 1 = slower), ``straggler``, ``byzantine``, ``server`` (its
 topology node; 0 with one server), ``data_size`` (training samples; 0 in timing-only runs),
 ``label_counts`` (samples of each class; null for regression data and timing-only runs),
 ``online_at_start`` and ``online_s`` (simulated seconds online from 0 to the end of the run)."""

@@ -177,20 +177,10 @@ def build_world(
         if byzantine.speed != 1.0:
             extra = np.where(is_byzantine, byzantine.speed, 1.0)
 
-    clients = scenario.clients
-    timing = ClientTiming(
-        compute=clients.compute,
-        heterogeneity=clients.heterogeneity,
-        stragglers=clients.stragglers,
-        dropout=clients.dropout,
-        network=clients.network,
-        n_clients=n_clients,
-        bytes_down=model_bytes,
-        bytes_up=model_bytes,
-        streams=streams,
-        extra_multipliers=extra,
+    timing = ClientTiming.for_scenario(
+        scenario, sizes=sizes, streams=streams, model_bytes=model_bytes, extra_multipliers=extra
     )
-    model = build_availability(clients.availability, n_clients, streams)
+    model = build_availability(scenario.clients.availability, n_clients, streams)
     availability = AvailabilityLog(model, n_clients) if model is not None else None
 
     topology = None

@@ -2,11 +2,8 @@
 issue 15: the samples a job processes against the trainer's own batches, job times in the events
 trace against the analytic value, device-profile files (a CSV and a FedScale pickle generated
 here) read back and their speeds and bandwidths found in the trace's job durations, and the
-one-line errors.
-
-Until ``fedsim/world.py`` builds its timing with :meth:`ClientTiming.for_scenario`, :func:`wire`
-makes a run do so (a world already built that way is rebuilt identically: the timing draws come
-from their own named streams).
+one-line errors. Runs build their timing with :meth:`ClientTiming.for_scenario`
+(``fedsim/world.py``).
 """
 
 from __future__ import annotations
@@ -28,41 +25,6 @@ from fedsim.learning.trainer import TrainingConfig, batch_schedule
 from fedsim.rng import SeedStreams
 from fedsim.scenario import ClientsConfig, load_scenario
 from fedsim.timing import ClientTiming, samples_per_job
-
-
-def wire(monkeypatch) -> None:
-    """Make runs build their timing from the whole scenario (devices, per-sample work)."""
-    import fedsim.simulation  # first: it imports build_world by name when it is first loaded
-    import fedsim.world as world_module
-
-    build = world_module.build_world
-
-    def build_world(scenario, streams, *, device, model_bytes):
-        monkeypatch.setattr(world_module, "ClientTiming", _Placeholder)
-        try:
-            world = build(scenario, streams, device=device, model_bytes=model_bytes)
-        finally:
-            monkeypatch.setattr(world_module, "ClientTiming", ClientTiming)
-        extra = None
-        if scenario.byzantine is not None and scenario.byzantine.speed != 1.0:
-            extra = np.where(world.is_byzantine, scenario.byzantine.speed, 1.0)
-        world.timing = ClientTiming.for_scenario(
-            scenario,
-            sizes=world.sizes,
-            streams=SeedStreams(scenario.seed),
-            model_bytes=model_bytes,
-            extra_multipliers=extra,
-        )
-        return world
-
-    monkeypatch.setattr(world_module, "build_world", build_world)
-    if getattr(fedsim.simulation, "build_world", None) is build:
-        monkeypatch.setattr(fedsim.simulation, "build_world", build_world)
-
-
-class _Placeholder:
-    def __init__(self, **_kwargs) -> None:
-        pass
 
 
 def _write(path: Path, text: str) -> Path:
@@ -130,10 +92,9 @@ def test_samples_per_job_are_the_rows_the_trainer_feeds(training):
         assert got.tolist() == [20, 96, 160, 64, 2]
 
 
-def test_per_sample_job_times_are_samples_times_the_law(tmp_path, monkeypatch):
+def test_per_sample_job_times_are_samples_times_the_law(tmp_path):
     """Constant 2 ms per sample, one local epoch of batches of 8 on a quantity-skewed split:
     every job's compute_s is 0.002 · ceil(n_i / b_i) · b_i for its client's n_i samples."""
-    wire(monkeypatch)
     clients = {"count": 12, "compute": {"dist": "constant", "mean_s": 0.002, "per_sample": True}}
     training = {"local_epochs": 1.0, "batch_size": 8}
     scenario = learning(tmp_path, clients, training)
@@ -189,10 +150,9 @@ def test_device_profiles_round_trip(tmp_path, make):
 
 
 @pytest.mark.parametrize("make", [_profile_csv, _profile_pickle])
-def test_profile_speeds_and_bandwidths_are_the_trace_durations(tmp_path, monkeypatch, make):
+def test_profile_speeds_and_bandwidths_are_the_trace_durations(tmp_path, make):
     """Timing-only, constant 6 s jobs: client i runs device (2, 5, 7)[i mod 3]; its jobs compute
     6 · ms_i / mean(ms) seconds and each transfer takes latency + bytes · 8 / (1000 · kbps)."""
-    wire(monkeypatch)
     profile = make(tmp_path / "devices")
     clients = {
         "count": 7,
@@ -224,10 +184,9 @@ def test_profile_speeds_and_bandwidths_are_the_trace_durations(tmp_path, monkeyp
     np.testing.assert_allclose(rows["comm_s"], 2 * 0.25 + transfer, rtol=1e-12)
 
 
-def test_profile_with_per_sample_gives_the_devices_absolute_times(tmp_path, monkeypatch):
+def test_profile_with_per_sample_gives_the_devices_absolute_times(tmp_path):
     """per_sample with a profile: a job computes the device's ms per sample × its samples (a
     constant law is noise 1, whatever its mean)."""
-    wire(monkeypatch)
     profile = _profile_pickle(tmp_path / "capacity.pkl")
     clients = {
         "count": 6,
