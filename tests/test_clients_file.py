@@ -290,3 +290,25 @@ def test_a_resumed_run_writes_the_same_facts(tmp_path):
     for name in ("clients.parquet", "availability.parquet"):
         whole, resumed = (pd.read_parquet(tmp_path / d / name) for d in ("whole", "stopped"))
         pd.testing.assert_frame_equal(whole, resumed, check_exact=True)
+
+
+def test_fedsim_plot_online_and_participation(tmp_path, capsys):
+    from fedsim.cli import main
+
+    markov = {
+        "kind": "markov",
+        "online": {"dist": "exponential", "mean_s": 15.0},
+        "offline": {"dist": "exponential", "mean_s": 10.0},
+    }
+    run_dir = tmp_path / "run"
+    fedsim.run(timing_only(markov), out=run_dir)
+    for kind in ("online", "participation"):
+        out = tmp_path / f"{kind}.png"
+        main(["plot", str(run_dir), "--kind", kind, "--out", str(out)])
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (run_dir / "clients.parquet").unlink()
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", str(run_dir), "--kind", "online", "--out", str(tmp_path / "old.png")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "clients.parquet is missing" in err[0]
