@@ -614,8 +614,8 @@ def client_facts(result: ResultLike, task: int = 0) -> pd.DataFrame:
 
 
 def client_speeds(result: ResultLike) -> np.ndarray:
-    """Each client's fixed duration multiplier as the run drew it (heterogeneity × straggler
-    slowdown × ``byzantine.speed``; > 1 = slower), from ``clients.parquet``."""
+    """Each client's fixed duration multiplier as the run drew it (heterogeneity, or its device's
+    speed, × straggler slowdown × ``byzantine.speed``; > 1 = slower), from ``clients.parquet``."""
     return client_facts(result)["speed"].to_numpy(dtype=float)
 
 
