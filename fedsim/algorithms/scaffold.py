@@ -98,13 +98,11 @@ class Scaffold(FedAvg):
         changes = []
         for job, delta in zip(jobs, deltas, strict=True):
             steps = self.ctx.model.trainer.task.steps_for(job.client)
+            # c_i⁺ − c_i = −c + (x − y_i)/(K·η_l), with y_i − x = delta
+            change = -old_c - delta[:n_params] / (steps * self.local_lr)
             own = self.controls.get(job.client)
-            # c_i⁺ = c_i − c + (x − y_i)/(K·η_l), with y_i − x = delta
-            new = -old_c - delta[:n_params] / (steps * self.local_lr)
-            if own is not None:
-                new = own + new
-            changes.append(new if own is None else new - own)
-            self.controls[job.client] = new
+            self.controls[job.client] = change if own is None else own + change
+            changes.append(change)
         shares = [w / self.total_weight for w in raw]
         self.c = old_c + weighted_sum(changes, shares)
 
