@@ -27,6 +27,7 @@ TABLES = {
     "benchmarks/results/frain_nullifiers.json": "benchmarks/experiments/frain_nullifiers.py",
     "benchmarks/results/scaffold_vs_fedavg.json": "benchmarks/experiments/scaffold_vs_fedavg.py",
     "benchmarks/results/fedbuff_vs_fedavgm.json": "benchmarks/experiments/fedbuff_vs_fedavgm.py",
+    "benchmarks/results/dsgd_merge.json": "benchmarks/experiments/dsgd_merge.py",
     "benchmarks/results/aggregators.json": "benchmarks/bench_aggregators.py",
     "benchmarks/results/geometric_median_tolerance.json": "benchmarks/bench_aggregators.py",
 }
@@ -36,6 +37,7 @@ PAGES = {
     "benchmarks/results/frain_nullifiers.json": ROOT / "docs" / "experiments.md",
     "benchmarks/results/scaffold_vs_fedavg.json": ROOT / "docs" / "algorithms" / "scaffold.md",
     "benchmarks/results/fedbuff_vs_fedavgm.json": ROOT / "docs" / "experiments.md",
+    "benchmarks/results/dsgd_merge.json": ROOT / "docs" / "experiments.md",
     "benchmarks/results/geometric_median_tolerance.json": ROOT / "docs" / "robustness.md",
 }
 """Tables that live on another page than docs/performance.md."""

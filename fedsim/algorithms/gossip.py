@@ -14,6 +14,11 @@ from pydantic import Field, NonNegativeFloat
 
 from fedsim.config_base import Section
 
+EDGE_TOL = 1e-9
+"""Progress within this of a schedule's edge counts as on it: π = t / rounds and point1 +
+window_size are rounded differently (0.1 + 0.05 > 15 / 100), which would otherwise give windows of
+the same width a different number of rounds."""
+
 
 def received_mixing(W: np.ndarray, inbox: list[dict[int, object]]) -> np.ndarray:
     """``W`` restricted to the messages that arrived: weight ``W[i, j]`` on a sender ``j`` whose
@@ -98,6 +103,7 @@ class RSchedule(Section):
         if self.kind == "cosine":
             return b + (a - b) * 0.5 * (1 + math.cos(math.pi * progress))
         if self.kind == "truncate":
-            return a if progress < self.point1 else b
-        inside = self.point1 <= progress < self.point1 + self.window_size
+            return a if progress < self.point1 - EDGE_TOL else b
+        start = self.point1 - EDGE_TOL
+        inside = start <= progress < start + self.window_size
         return b if inside else a
