@@ -138,7 +138,28 @@ def _check_runnable(scenario: Any, data: Any) -> None:
     streams = SeedStreams(scenario.seed if scenario.seed is not None else 0)
     if scenario.training is not None:
         check_data(scenario.data, scenario.clients.count, data, streams=streams)
+    _check_task_data(scenario, streams)
     if scenario.topology is not None:
         from fedsim.topology import build_topology
 
         build_topology(scenario.topology, streams.generator("topology.graph"))
+
+
+def _check_task_data(scenario: Any, streams: Any) -> None:
+    """Each task of a multi-task algorithm (``algorithm.tasks``) loads its own data with its own
+    streams (:func:`fedsim.world.task_streams`): check it as its task will load it, the error at
+    ``algorithm.tasks.<i>.data...`` when the task has its own data section."""
+    from fedsim.learning.data import check_data
+    from fedsim.world import task_streams
+
+    for i, task in enumerate(getattr(scenario.algorithm, "tasks", None) or []):
+        config = task.data if task.data is not None else scenario.data
+        if i == 0 and config == scenario.data and scenario.training is not None:
+            continue  # the run's own data, streams and partition: checked above
+        try:
+            check_data(config, scenario.clients.count, streams=task_streams(streams, i))
+        except ScenarioError as exc:
+            where = exc.path or "data"
+            if task.data is not None and where.startswith("data"):
+                where = f"algorithm.tasks.{i}.{where}"
+            raise ScenarioError(exc.message, path=where, value=exc.value) from None

@@ -1098,3 +1098,24 @@ def test_out_under_a_file_is_one_line(tmp_path, capsys):
         fedsim.run(path, out=out)
     assert str(info.value) == expected
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_task_partition_that_cannot_be_drawn_is_refused_by_validate(tmp_path, capsys):
+    """Multi-task algorithms load each task's data with the task's own streams: validate draws
+    those partitions too, and names the task's key."""
+    path = tmp_path / "tasks.yaml"
+    path.write_text(
+        "clients: {count: 20}\n"
+        "algorithm:\n"
+        "  name: fedast\n"
+        "  concurrency: 16\n"
+        "  tasks:\n"
+        "    - {name: a, data: {dataset: digits, partition: {kind: iid}}}\n"
+        "    - name: b\n"
+        "      data: {dataset: digits, partition: {kind: quantity_skew, min_samples: 100}}\n"
+    )
+    line = _validate_and_run_refuse(path, tmp_path, capsys)
+    assert line == (
+        f"{path}:8: algorithm.tasks.1.data.partition.min_samples: 20 clients × 100 samples need "
+        "more than the 1438 training samples"
+    )
