@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import pickle
 from fractions import Fraction
 
 import numpy as np
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import fedsim.robust.preaggregators as pre
+from fedsim import plugins
 from fedsim.cli import main
 from fedsim.errors import ScenarioError
 from fedsim.robust.aggregators import (
@@ -292,3 +294,26 @@ def test_fedsim_list_shows_pre_aggregators_and_server_optimizers(capsys):
     assert "server optimizers: sgd, momentum, nesterov, adam, yogi, adagrad" in lines
     aggregators = next(line for line in lines if line.startswith("aggregators: "))
     assert all(name in aggregators for name in ("mda", "smea", "caf", "monna", "meamed"))
+
+
+def _user_median(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A plugin's aggregator: the coordinate median."""
+    return updates.median(dim=0).values
+
+
+def test_pre_runs_before_custom_and_registered_aggregators():
+    u = torch.tensor(np.random.default_rng(2).normal(size=(7, 3)))
+    chain = [{"name": "nnm", "f": 2}, {"name": "clipping", "threshold": 0.5}]
+    expected = _user_median(*pre_aggregate(load_scenario_chain(chain), u, None))
+    custom = load_scenario(
+        {"aggregator": {"name": "custom", "target": f"{__name__}:_user_median", "pre": chain}}
+    ).aggregator
+    assert torch.equal(aggregate(custom, u), expected)
+    plugins.register_aggregator("user_median", _user_median)
+    registered = load_scenario({"aggregator": {"name": "user_median", "pre": chain}}).aggregator
+    assert torch.equal(aggregate(registered, u), expected)
+    assert pickle.loads(pickle.dumps(registered)) == registered  # pre survives (sweeps pickle)
+
+
+def load_scenario_chain(chain: list[dict]) -> list:
+    return load_scenario({"aggregator": {"name": "mean", "pre": chain}}).aggregator.pre

@@ -501,9 +501,9 @@ def aggregate(
     >>> aggregate(TrimmedMeanConfig(trim_fraction=0.2), torch.tensor([[1.0], [2.0], [3.0], [4.0], [-90.0]]))
     tensor([2.])
     """
+    updates, weights = pre_aggregate(config.pre, updates, weights, generator=generator)
     if isinstance(config, FunctionAggregator):
         return call_aggregator(config.function(), config.where(), updates, weights, config.kwargs)
-    updates, weights = pre_aggregate(config.pre, updates, weights, generator=generator)
     kwargs = config.model_dump(exclude={"name", "pre"})
     if isinstance(config, CenteredClippingConfig):
         kwargs["center"] = _start(config.center, updates, weights, previous)
@@ -525,8 +525,6 @@ def uses_generator(config: AggregatorConfig) -> bool:
 
 def shortfall(config: AggregatorConfig, n: int) -> ScenarioError | None:
     """Why ``config`` cannot aggregate ``n`` rows (an error naming the key), or None."""
-    if isinstance(config, FunctionAggregator):
-        return None
     error, rows = pre_shortfall(config.pre, n)
     if error is not None:
         return error

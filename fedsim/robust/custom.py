@@ -41,6 +41,7 @@ from torch import Tensor
 from fedsim.config_base import Section
 from fedsim.errors import ScenarioError
 from fedsim.imports import describe_error, resolve_target
+from fedsim.robust.preaggregators import AggregatorSection, PreAggregatorField
 
 PROBE_ROWS = 11
 """Rows of the probe an aggregator or server-side attack is called on at validation (enough for
@@ -192,7 +193,7 @@ def _check_target(value: str, info: ValidationInfo, key: str, kind: str) -> str:
 # By target
 
 
-class CustomAggregatorConfig(Section):
+class CustomAggregatorConfig(AggregatorSection):
     """Your own aggregator: the function target names, called as fn(updates [n, d], weights [n], **kwargs) -> [d]."""
 
     name: Literal["custom"] = "custom"
@@ -288,6 +289,11 @@ class RegisteredAggregatorConfig(_RegisteredConfig):
 
     registry: ClassVar[Literal["aggregators", "attacks"]] = "aggregators"
     label: ClassVar[str] = "aggregator"
+    pre: list[PreAggregatorField] = Field(default_factory=list)
+    """Pre-aggregators applied in order before the aggregator ([] = none; see the built-in aggregators' pre)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_registered, (self.registry, self.name, self.kwargs, self.pre))
 
 
 class RegisteredAttackConfig(_RegisteredConfig):
@@ -302,7 +308,7 @@ class RegisteredAttackConfig(_RegisteredConfig):
         return cls.stage
 
 
-def _registered(kind: str, name: str, kwargs: dict[str, Any]) -> Section:
+def _registered(kind: str, name: str, kwargs: dict[str, Any], pre: list | None = None) -> Section:
     """The registered config ``name`` (after loading the entry points, in a fresh process)."""
     from fedsim.plugins import load_entry_points
     from fedsim.robust.aggregators import AGGREGATOR_CONFIGS
@@ -312,7 +318,7 @@ def _registered(kind: str, name: str, kwargs: dict[str, Any]) -> Section:
     configs = AGGREGATOR_CONFIGS if kind == "aggregators" else ATTACK_CONFIGS
     if name not in configs:
         raise ScenarioError(f"{name!r} is not registered here (its plugin is not installed?)")
-    return configs[name](kwargs=kwargs)
+    return configs[name](kwargs=kwargs, **({"pre": pre} if pre else {}))
 
 
 FunctionAggregator = CustomAggregatorConfig | RegisteredAggregatorConfig
