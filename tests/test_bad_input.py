@@ -1119,3 +1119,31 @@ def test_a_task_partition_that_cannot_be_drawn_is_refused_by_validate(tmp_path, 
         f"{path}:8: algorithm.tasks.1.data.partition.min_samples: 20 clients × 100 samples need "
         "more than the 1438 training samples"
     )
+
+
+def test_gz_images_shorter_than_their_header_are_caught_by_validate(tmp_path, capsys):
+    """A gzipped IDX file's size is known only once decompressed: validate decompresses it (in
+    chunks) and refuses it as the run does."""
+    import gzip
+
+    _mnist(tmp_path, gz=True)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(images, "rb") as f:
+        payload = f.read()
+    with gzip.open(images, "wb") as f:
+        f.write(payload[:-100])
+    path = tmp_path / "gz.yaml"
+    path.write_text(MNIST.format(path=tmp_path))
+    line = _validate_and_run_refuse(path, tmp_path, capsys)
+    assert line == f"{path}:1: data.path: {images} holds 15596 bytes, its header says 15696"
+
+
+def test_gz_damaged_inside_is_caught_by_validate(tmp_path, capsys):
+    """A gzip stream whose end is cut (the header and first bytes intact) is one line too."""
+    _mnist(tmp_path, gz=True)
+    images = tmp_path / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-12])
+    path = tmp_path / "gz.yaml"
+    path.write_text(MNIST.format(path=tmp_path))
+    line = _validate_and_run_refuse(path, tmp_path, capsys)
+    assert line.startswith(f"{path}:1: data.path: {images} is not a valid gzip file (")

@@ -19,7 +19,8 @@ import os
 import pickle
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -488,10 +489,27 @@ def _present(folder: Path, name: str, gz: bool) -> bool:
 
 def _read_bytes(file: Path, limit: int | None = None) -> bytes:
     """The (gunzipped, for ``.gz``) bytes of ``file``, all or the first ``limit``; one-line errors."""
+    with _reading(file) as f:
+        return f.read() if limit is None else f.read(limit)
+
+
+def _gunzipped_size(file: Path, chunk: int = 1 << 20) -> int:
+    """Bytes a ``.gz`` file holds once decompressed, read in chunks (never all at once)."""
+    size = 0
+    with _reading(file) as f:
+        while block := f.read(chunk):
+            size += len(block)
+    return size
+
+
+@contextmanager
+def _reading(file: Path) -> Iterator[Any]:
+    """``file`` opened for reading (gunzipped for ``.gz``); a damaged gzip stream or an unreadable
+    file is a one-line ScenarioError naming it."""
     opener = gzip.open if file.suffix == ".gz" else open
     try:
         with opener(file, "rb") as f:
-            return f.read() if limit is None else f.read(limit)
+            yield f
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         problem = " ".join(str(exc).split()) or type(exc).__name__
         raise ScenarioError(
@@ -504,7 +522,8 @@ def _read_bytes(file: Path, limit: int | None = None) -> bytes:
 
 
 def idx_header(file: Path) -> tuple[np.dtype, tuple[int, ...]]:
-    """The element type and shape an IDX file declares, read from its first bytes only."""
+    """The element type and shape an IDX file declares, read from its first bytes; its size is
+    checked against them (a ``.gz`` file is decompressed in chunks for that, never held whole)."""
     head = _read_bytes(file, 4 + 4 * 255)
     if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
         raise ScenarioError(f"{file} is not an IDX file", path="data.path", value=str(file))
@@ -513,15 +532,14 @@ def idx_header(file: Path) -> tuple[np.dtype, tuple[int, ...]]:
         raise ScenarioError(f"{file} ends inside its IDX header", path="data.path", value=str(file))
     shape = tuple(int(d) for d in np.frombuffer(head, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[head[2]])
-    if file.suffix != ".gz":  # a gzipped file's size is known only once read
-        expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
-        size = file.stat().st_size
-        if size != expected:
-            raise ScenarioError(
-                f"{file} holds {size} bytes, its header says {expected}",
-                path="data.path",
-                value=str(file),
-            )
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    size = _gunzipped_size(file) if file.suffix == ".gz" else file.stat().st_size
+    if size != expected:
+        raise ScenarioError(
+            f"{file} holds {size} bytes, its header says {expected}",
+            path="data.path",
+            value=str(file),
+        )
     return dtype, shape
 
 
