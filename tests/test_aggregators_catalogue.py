@@ -26,9 +26,11 @@ from fedsim.robust.aggregators import (
     MoNNAConfig,
     SMEAConfig,
     aggregate,
+    shortfall,
     trimmed_mean,
 )
 from fedsim.robust.catalogue import caf, mda, meamed, monna, smea
+from fedsim.scenario import load_scenario
 
 PROPERTY = settings(max_examples=40, deadline=None)
 NEW = ("mda", "smea", "caf", "monna", "meamed")
@@ -297,14 +299,15 @@ def test_doctests():
 
 
 def attacked_run(small_learning: dict, algorithm: dict, aggregator: dict):
-    """16 simulated seconds of digits with 20 % sign-flip attackers (about 0.3 s)."""
+    """16 simulated seconds of digits with 20 % sign-flip attackers (about 0.3 s); FedAsync's
+    window holds six updates."""
     scenario = {
         **small_learning,
         "stop": {"time_s": 16},
         "eval": {"every_s": 4.0},
         "algorithm": algorithm,
         "aggregator": aggregator,
-        "byzantine": {"fraction": 0.2, "attack": {"name": "sign_flip", "scale": 4.0}},
+        "byzantine": {"fraction": 0.2, "attack": {"name": "sign_flip", "scale": 4.0}, "window": 6},
     }
     return fedsim.run(scenario, save=False, device="cpu")
 
@@ -313,14 +316,45 @@ ALGORITHMS = {
     "fedavg": {"name": "fedavg", "cohort_size": 6},
     "fedbuff": {"name": "fedbuff", "concurrency": 6, "buffer_size": 6},
 }
+"""Every set holds six rows (no dropout, no deadline): no rule falls back."""
+MORE_ALGORITHMS = {
+    "fedbuff_c": {"name": "fedbuff_c", "buffer_size": 6},
+    "fedasync": {"name": "fedasync", "concurrency": 6},
+}
+"""FedBuff-C aggregates its first six returns; FedAsync a window of six (byzantine.window) that
+fills one arrival at a time."""
+RULES = {
+    "coordinate_median": {},
+    "trimmed_mean": {"trim_fraction": 0.2},
+    "krum": {"f": 1},
+    "geometric_median": {},
+    "centered_clipping": {"tau": 0.05},
+    **{name: {"f": 1} for name in NEW},
+}
+"""Every built-in rule but the mean, with keys that make it act on six rows."""
+_MEAN_LOSSES: dict[str, np.ndarray] = {}
 
 
-@pytest.mark.parametrize("name", NEW)
-@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def _mean_losses(small_learning: dict, algorithm: str, config: dict) -> np.ndarray:
+    if algorithm not in _MEAN_LOSSES:
+        run = attacked_run(small_learning, config, {"name": "mean"})
+        _MEAN_LOSSES[algorithm] = run.evals["loss"].to_numpy()
+    return _MEAN_LOSSES[algorithm]
+
+
+@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("algorithm", [*ALGORITHMS, *MORE_ALGORITHMS])
 def test_each_aggregator_is_really_used(small_learning, algorithm, name):
-    mean_run = attacked_run(small_learning, ALGORITHMS[algorithm], {"name": "mean"})
-    result = attacked_run(small_learning, ALGORITHMS[algorithm], {"name": name, "f": 1})
-    assert result.summary["updates"] > 0
-    assert result.summary["robust_fallbacks"] == 0  # six rows per set: n > 2f always
+    config = {**ALGORITHMS, **MORE_ALGORITHMS}[algorithm]
+    aggregator = {"name": name, **RULES[name]}
+    result = attacked_run(small_learning, config, aggregator)
+    assert result.summary["updates"] > 6
     assert result.summary["byzantine_applied"] > 0
-    assert not np.array_equal(result.evals["loss"].to_numpy(), mean_run.evals["loss"].to_numpy())
+    losses = result.evals["loss"].to_numpy()
+    assert not np.array_equal(losses, _mean_losses(small_learning, algorithm, config))
+    if algorithm == "fedasync":  # sets of 1 … 5 rows while the window fills, then six
+        parsed = load_scenario({"aggregator": aggregator}).aggregator
+        expected = sum(shortfall(parsed, n) is not None for n in range(1, 6))
+        assert result.summary["robust_fallbacks"] == expected
+    else:
+        assert result.summary["robust_fallbacks"] == 0
