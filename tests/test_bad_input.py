@@ -1147,3 +1147,55 @@ def test_gz_damaged_inside_is_caught_by_validate(tmp_path, capsys):
     path.write_text(MNIST.format(path=tmp_path))
     line = _validate_and_run_refuse(path, tmp_path, capsys)
     assert line.startswith(f"{path}:1: data.path: {images} is not a valid gzip file (")
+
+
+def _npz_with(path: Path, **arrays) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = {
+        "x_train": rng.random((40, 3), dtype=np.float32),
+        "y_train": np.arange(40) % 2,
+        "x_test": rng.random((10, 3)),
+        "y_test": np.arange(10) % 2,
+    }
+    np.savez(path, **{**base, **arrays})
+
+
+def test_npz_samples_that_are_not_finite_are_caught_by_validate(tmp_path, capsys):
+    """validate scans the samples of an .npz file (in chunks) for what the run refuses: NaN, and
+    a float64 too large for float32 (the run's type)."""
+    import numpy as np
+
+    x = np.random.default_rng(1).random((40, 3))
+    x[5, 1] = 1e300
+    data = tmp_path / "d.npz"
+    _npz_with(data, x_train=x)
+    path = tmp_path / "npz.yaml"
+    path.write_text(
+        f"data: {{dataset: npz, path: {data}, partition: {{kind: iid}}}}\nclients: {{count: 4}}\n"
+    )
+    line = _validate_and_run_refuse(path, tmp_path, capsys)
+    assert (
+        line
+        == f"{path}:1: data.path: {data}: x_train holds inf (not a finite number) at flat index 16"
+    )
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_npz_chunked_scan_finds_the_runs_first_bad_index(tmp_path, order):
+    import numpy as np
+
+    from fedsim.learning.user_data import _check_finite_npz
+
+    x = np.random.default_rng(2).random((30, 7)).astype(np.float32)
+    x[[4, 21, 29], [6, 0, 3]] = [np.nan, -np.inf, np.nan]
+    data = tmp_path / "d.npz"
+    _npz_with(data, x_test=np.asarray(x, order=order))
+    first = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])  # the C-ordered copy's index
+    for chunk in (1, 5, 64, 1 << 20):
+        with pytest.raises(fedsim.ScenarioError) as info:
+            _check_finite_npz(data, ("x_train", "x_test"), chunk=chunk)
+        assert str(info.value).endswith(
+            f"x_test holds nan (not a finite number) at flat index {first}"
+        )

@@ -208,10 +208,13 @@ def _n_classes(
 def _check_finite(name: str, a: np.ndarray, *, key: str, where: str) -> None:
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         i = int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0])
-        raise ScenarioError(
-            f"{where}: {name} holds {a.reshape(-1)[i]} (not a finite number) at flat index {i}",
-            path=key,
-        )
+        _not_finite(name, a.reshape(-1)[i], i, key=key, where=where)
+
+
+def _not_finite(name: str, value: Any, index: int, *, key: str, where: str) -> None:
+    raise ScenarioError(
+        f"{where}: {name} holds {value} (not a finite number) at flat index {index}", path=key
+    )
 
 
 def check_owners(owners: np.ndarray, n_clients: int, *, key: str, where: str) -> None:
@@ -385,6 +388,42 @@ def npz_headers(file: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return headers
 
 
+def _check_finite_npz(file: Path, names: Sequence[str], chunk: int = 1 << 20) -> None:
+    """The float arrays ``names`` of an .npz file hold finite numbers once cast to float32, as
+    the run casts them (1e300 is inf there): read in chunks of ``chunk`` values, never whole."""
+    with _open_zip(file) as archive:
+        for name in names:
+            if f"{name}.npy" not in archive.namelist():
+                continue
+            with archive.open(f"{name}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0
+                if version == (2, 0):
+                    read = np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                if dtype.kind != "f":
+                    continue
+                start, first = 0, None  # first: (index in the C-ordered copy, value)
+                while first is None or fortran:
+                    block = f.read(chunk * dtype.itemsize)
+                    if not block:
+                        break
+                    with np.errstate(over="ignore"):  # overflow to inf is what is looked for
+                        values = np.frombuffer(block, dtype, len(block) // dtype.itemsize)
+                        values = values.astype(np.float32)
+                    bad = np.flatnonzero(~np.isfinite(values))
+                    if fortran and bad.size:  # the run reports the first in C order
+                        at = np.ravel_multi_index(np.unravel_index(start + bad, shape, "F"), shape)
+                        j = int(np.argmin(at))
+                        if first is None or at[j] < first[0]:
+                            first = (int(at[j]), values[bad[j]])
+                    elif bad.size:
+                        first = (start + int(bad[0]), values[bad[0]])
+                    start += len(values)
+                if first is not None:
+                    _not_finite(name, first[1], first[0], key="data.path", where=str(file))
+
+
 def read_npz_arrays(file: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
     with _open_zip(file):
         pass  # the same one-line errors as the header check for a missing or broken file
@@ -416,6 +455,7 @@ def check_npz(
     task = _check_layout(
         shapes, {n: d for n, (_s, d) in headers.items()}, key="data.path", where=where
     )
+    _check_finite_npz(file, ("x_train", "x_test"))
     wanted = ["y_train", "y_test"] + ([OWNERS] if OWNERS in headers else [])
     small = read_npz_arrays(file, wanted)
     y_train, y_test = small["y_train"].reshape(-1), small["y_test"].reshape(-1)
