@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -77,16 +78,23 @@ def check_subsets(rule: str, n: int, f: int, max_subsets: int) -> None:
         )
 
 
-def _dropped_sets(n: int, f: int, batch: int):
-    """Every set of ``f`` rows to leave out, in lexicographic order, ``[≤ batch, f]`` at a time."""
+def _best_subset(n: int, f: int, batch: int, score: Callable[[Tensor], Tensor]) -> Tensor:
+    """The keep mask ``[n]`` of the subset of ``n − f`` rows of smallest ``score``.
+
+    Every set of ``f`` rows to leave out is visited in lexicographic order, ``batch`` at a time:
+    ``score(keep [B, n] bool) -> [B]``. The first of equal scores wins, which on canonically
+    ordered rows does not depend on the order the rows came in.
+    """
     combos = itertools.combinations(range(n), f)
+    best, best_keep = math.inf, None
     while chunk := list(itertools.islice(combos, batch)):
-        yield torch.tensor(chunk, dtype=torch.long).reshape(len(chunk), f)
-
-
-def _kept_mask(dropped: Tensor, n: int) -> Tensor:
-    keep = torch.ones(len(dropped), n, dtype=torch.bool)
-    return keep.scatter_(1, dropped, False)
+        dropped = torch.tensor(chunk, dtype=torch.long).reshape(len(chunk), f)
+        keep = torch.ones(len(chunk), n, dtype=torch.bool).scatter_(1, dropped, False)
+        values = score(keep)
+        k = int(values.argmin())
+        if float(values[k]) < best:
+            best, best_keep = float(values[k]), keep[k]
+    return best_keep
 
 
 def mda(
@@ -116,15 +124,13 @@ def mda(
     # a left-out set touches at most f·(n−1) pairs: the diameter is among the first f·(n−1)+1
     top = order[: f * (n - 1) + 1]
     pi, pj, pd = i[top], j[top], dist[i[top], j[top]]
-    best, best_keep = math.inf, None
-    for dropped in _dropped_sets(n, f, max(1, _BATCH_ELEMENTS // len(top))):
-        keep = _kept_mask(dropped, n)
+
+    def diameter(keep: Tensor) -> Tensor:
         untouched = keep[:, pi] & keep[:, pj]
         first = untouched.double().argmax(1)  # the largest pair inside the subset
-        diameter = torch.where(untouched.any(1), pd[first], 0.0)
-        k = int(diameter.argmin())
-        if float(diameter[k]) < best:
-            best, best_keep = float(diameter[k]), keep[k]
+        return torch.where(untouched.any(1), pd[first], 0.0)
+
+    best_keep = _best_subset(n, f, max(1, _BATCH_ELEMENTS // len(top)), diameter)
     kept = best_keep.to(rows.device)
     return subset_average(rows[kept], coeffs[kept])
 
@@ -170,18 +176,15 @@ def smea(
     gram = _centred_gram(rows, coeffs).cpu()
     c = coeffs.cpu()
     m = n - f
-    best, best_keep = math.inf, None
-    for dropped in _dropped_sets(n, f, max(1, _BATCH_ELEMENTS // (4 * m * m))):
-        keep = _kept_mask(dropped, n)
+
+    def spread(keep: Tensor) -> Tensor:
         kept = torch.arange(n).expand(len(keep), n)[keep].reshape(len(keep), m)
         a = c[kept]
         total = a.sum(1, keepdim=True)
         a = torch.where(total > 0, a / total.where(total > 0, 1.0), 1.0 / m)
-        sub = gram[kept[:, :, None], kept[:, None, :]]
-        value = _largest_eigenvalues(sub, a)
-        k = int(value.argmin())
-        if float(value[k]) < best:
-            best, best_keep = float(value[k]), keep[k]
+        return _largest_eigenvalues(gram[kept[:, :, None], kept[:, None, :]], a)
+
+    best_keep = _best_subset(n, f, max(1, _BATCH_ELEMENTS // (4 * m * m)), spread)
     kept = best_keep.to(rows.device)
     return subset_average(rows[kept], coeffs[kept])
 
