@@ -623,3 +623,44 @@ def test_malformed_fedscale_traces_are_one_line_errors(tmp_path, capsys, content
         data = data[: len(data) // 2]
     (tmp_path / "trace.pkl").write_bytes(data)
     assert message in _validate_error(tmp_path, capsys, "trace.pkl")
+
+
+def test_the_idle_positions_follow_every_switch_and_take(tmp_path):
+    """The pool's client -> idle-position index (what makes take() and a switch O(1)) agrees with
+    the idle list after every event of a run with jobs, switches, takes and offline drops; an
+    offline client cannot be taken."""
+    n = 40
+    streams = SeedStreams(4)
+    env = simpy.Environment()
+    markov = {"kind": "markov", "online": {"mean_s": 3.0}, "offline": {"mean_s": 2.0}}
+    config = ClientsConfig(availability=markov).availability
+    pool = ClientPool(
+        env,
+        n,
+        _timing(n, streams),
+        None,
+        streams,
+        availability=build_availability(config, n, streams),
+    )
+    lost = []
+
+    def redispatch(job):
+        if pool.idle:
+            client = pool.idle[len(pool.idle) // 2]
+            pool.take(client)  # a given client, as cohort algorithms take them
+            pool.dispatch(client, 0, 0, None, redispatch, lost.append)
+
+    for _ in range(10):
+        pool.dispatch(pool.take_idle(), 0, 0, None, redispatch, lost.append)
+    while env.peek() < 60.0:
+        env.step()
+        slot = pool._slot
+        assert [slot[c] for c in pool.idle] == list(range(len(pool.idle)))
+        assert sum(1 for s in slot if s >= 0) == len(pool.idle)
+        assert all(pool.online[c] for c in pool.idle)
+        assert set(pool._running) == {job.client for job in pool.open_jobs.values()}
+        offline = [c for c in range(n) if not pool.online[c]]
+        if offline:
+            with pytest.raises(RuntimeError, match="not idle"):
+                pool.take(offline[0])
+    assert lost and all(job.drop_reason == "offline" for job in lost)
