@@ -21,7 +21,8 @@ B" only where the interval of the paired difference (same seeds) excludes 0.
 
     python benchmarks/experiments/dsgd_merge.py --jobs 2 --out benchmarks/results/dsgd_merge.json
 
-``--table FILE`` prints the table of an existing results file (no runs). ``--scale paper`` is the
+``--table FILE`` prints the table of an existing results file (no runs); ``--figure PNG`` draws
+it (docs/img/dsgd_merge.png comes from ``--table benchmarks/results/dsgd_merge.json --figure``). ``--scale paper`` is the
 authors' Figure-3 shape on CIFAR-10 from local files (32 peers, 100 local steps of batch 128 per
 round, 300 rounds, lr 0.01; the paper uses TinyImageNet and a ResNet-18, fedsim a small CNN):
 
@@ -296,6 +297,47 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def figure(results: dict, path: Path) -> None:
+    """Accuracy against training length (mean and 95 % band over seeds) and the budget windows."""
+    from matplotlib.figure import Figure
+
+    rows, lengths, wr = results["rows"], results["lengths"], results["window_rounds"]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax, bx = fig.subplots(1, 2)
+    curves = [
+        (FEDAVG, "merged", "FedAvg", "tab:green", "-"),
+        (MERGED, "merged", "D-SGD r=0.2, one global merge", "tab:blue", "-"),
+        (MERGED, "local", "D-SGD r=0.2, mean local", "tab:blue", "--"),
+        (NO_GOSSIP, "merged", "D-SGD r=0, one global merge", "tab:orange", "-"),
+    ]
+    for scheme, col, label, colour, style in curves:
+        ivs = [interval(list(at(rows, scheme, r, col).values())) for r in lengths]
+        mean = [iv.mean for iv in ivs]
+        ax.plot(lengths, mean, style, color=colour, marker="o", ms=3, label=label)
+        ax.fill_between(
+            lengths, [iv.low for iv in ivs], [iv.high for iv in ivs], color=colour, alpha=0.15
+        )
+    ax.set_xlabel("communication rounds R (10 local steps each)")
+    ax.set_ylabel("test accuracy after round R")
+    ax.set_title(f"Same data and partition; mean and 95 % interval, {len(results['seeds'])} seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    names = ["none", *(f"π = {s:g}" for s in WINDOW_STARTS)]
+    ivs = [
+        interval(list(at(rows, MERGED, wr, "merged", start).values()))
+        for start in (None, *WINDOW_STARTS)
+    ]
+    bx.bar(names, [iv.mean for iv in ivs], yerr=[iv.half for iv in ivs], color="tab:blue")
+    low = min(iv.low for iv in ivs)
+    bx.set_ylim(max(0.0, low - 0.05), min(1.0, max(iv.high for iv in ivs) + 0.03))
+    bx.set_xlabel(f"where the {round(WINDOW * wr)} rounds of full averaging go ({wr} rounds)")
+    bx.set_ylabel("merged accuracy after the last round")
+    bx.set_title("A fixed communication budget, early or late")
+    bx.grid(True, axis="y", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(PRESETS), default="cpu")
@@ -310,9 +352,13 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "dsgd_merge.json"
     )
     parser.add_argument("--table", type=Path, help="print the table of this results file; no runs")
+    parser.add_argument("--figure", type=Path, help="also draw the results as this image")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text(encoding="utf-8"))))
+        results = json.loads(args.table.read_text(encoding="utf-8"))
+        print(table(results))
+        if args.figure:
+            figure(results, args.figure)
         return
     preset = PRESETS[args.scale]
     seeds = args.seeds or preset["seeds"]
@@ -343,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(table(results))
+    if args.figure:
+        figure(results, args.figure)
     print(f"\n{len(rows)} runs in {wall:.0f} s wall; command: {results['command']}")
 
 
