@@ -1199,3 +1199,17 @@ def test_npz_chunked_scan_finds_the_runs_first_bad_index(tmp_path, order):
         assert str(info.value).endswith(
             f"x_test holds nan (not a finite number) at flat index {first}"
         )
+
+
+def test_a_test_fraction_that_rounds_to_no_test_sample(tmp_path, capsys):
+    """round(0.0001 · 1797) = 0 test samples: the run could not evaluate (it crashed dividing by
+    zero); validate and run refuse it with one line."""
+    path = tmp_path / "tf.yaml"
+    path.write_text("data: {test_fraction: 0.0001}\n")
+    assert _validate_and_run_refuse(path, tmp_path, capsys) == (
+        f"{path}:1: data.test_fraction: 0.0001 of the 1797 samples of digits rounds to no test "
+        "sample (the run evaluates on them); raise test_fraction"
+    )
+    from fedsim.checks import check_runnable
+
+    check_runnable(fedsim.load_scenario({"data": {"test_fraction": 0.001}}))  # 2 test samples

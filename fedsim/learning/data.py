@@ -1070,6 +1070,13 @@ def check_data(
         if name != "digits":
             _enough_samples(n, n_clients, f"data.{name}.n_samples")
         n_train = n - round(config.test_fraction * n)
+        if n_train == n:
+            raise ScenarioError(
+                f"{config.test_fraction:g} of the {n} samples of {name} rounds to no test sample "
+                "(the run evaluates on them); raise test_fraction",
+                path="data.test_fraction",
+                value=config.test_fraction,
+            )
         if streams is not None:
             train = _generated_labels(name, config, n_clients, streams)
     if n_train < n_clients:
