@@ -674,6 +674,10 @@ def _describe(err: Any, data: Any) -> tuple[str, str | None, Any]:
         tag_key = ctx.get("discriminator", "").strip("'")
         full = f"{path}.{tag_key}" if path else tag_key
         return f"unknown name {ctx.get('tag')!r}; known: {tags.replace(chr(39), '')}", full, None
+    if kind == "missing":
+        # pydantic's loc ends with the missing key, which the user's data cannot contain.
+        key = str(err["loc"][-1])
+        return "required: this key has no default", f"{path}.{key}" if path else key, None
     if kind == "union_tag_not_found":
         tag_key = ctx.get("discriminator", "").strip("'")
         return f"missing key {tag_key!r}", path, None

@@ -211,7 +211,10 @@ def test_precondition_messages(call, message):
             "algorithm: {name: fedbuff, buffer_size: 6}",
             "Krum needs n > 2f+2, got n=3, f=1 (the 6 updates bucketed into 3)",
         ),
-        ("aggregator: {name: mean, pre: [{name: clipping}]}", "aggregator.pre.0"),
+        (
+            "aggregator: {name: mean, pre: [{name: clipping}]}",
+            "aggregator.pre.0.threshold: required: this key has no default",
+        ),
         (
             "aggregator: {name: mean, pre: [{name: nnm}]}\nalgorithm: {name: async_fedavg}",
             "async_fedavg applies one update at a time",
