@@ -138,6 +138,7 @@ def _check_runnable(scenario: Any, data: Any) -> None:
     streams = SeedStreams(scenario.seed if scenario.seed is not None else 0)
     if scenario.training is not None:
         check_data(scenario.data, scenario.clients.count, data, streams=streams)
+        _check_data_attack(scenario, data)
     _check_task_data(scenario, streams)
     if scenario.topology is not None:
         from fedsim.topology import build_topology
@@ -163,3 +164,16 @@ def _check_task_data(scenario: Any, streams: Any) -> None:
             if task.data is not None and where.startswith("data"):
                 where = f"algorithm.tasks.{i}.{where}"
             raise ScenarioError(exc.message, path=where, value=exc.value) from None
+
+
+def _check_data_attack(scenario: Any, data: Any) -> None:
+    """An attack on the training data (``label_flip``) needs class labels to flip."""
+    from fedsim.learning.data import dataset_info
+
+    byzantine = scenario.byzantine
+    if byzantine is None or byzantine.attack.stage != "data":
+        return
+    if dataset_info(scenario.data, data).task != "classification":
+        raise ScenarioError(
+            f"{byzantine.attack.name} needs a classification dataset", path="byzantine.attack"
+        )

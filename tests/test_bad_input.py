@@ -1213,3 +1213,14 @@ def test_a_test_fraction_that_rounds_to_no_test_sample(tmp_path, capsys):
     from fedsim.checks import check_runnable
 
     check_runnable(fedsim.load_scenario({"data": {"test_fraction": 0.001}}))  # 2 test samples
+
+
+def test_label_flip_on_a_regression_dataset_is_refused_by_validate(tmp_path, capsys):
+    path = tmp_path / "flip.yaml"
+    path.write_text(
+        "data: {dataset: synthetic_regression}\nmodel: {kind: linear}\n"
+        "byzantine: {fraction: 0.2, attack: {name: label_flip}}\n"
+    )
+    assert _validate_and_run_refuse(path, tmp_path, capsys) == (
+        f"{path}:3: byzantine.attack: label_flip needs a classification dataset"
+    )
