@@ -147,13 +147,18 @@ def _check_runnable(scenario: Any, data: Any) -> None:
 
 
 def _check_task_data(scenario: Any, streams: Any) -> None:
-    """Each task of a multi-task algorithm (``algorithm.tasks``) loads its own data with its own
-    streams (:func:`fedsim.world.task_streams`): check it as its task will load it, the error at
+    """Each task of a multi-task algorithm (``algorithm.tasks``) needs a training section and a
+    target its dataset can measure, and loads its own data with its own streams
+    (:func:`fedsim.world.task_streams`): check it as its task will load it, the error at
     ``algorithm.tasks.<i>.data...`` when the task has its own data section."""
+    from fedsim.algorithms.multitask import check_task_setup
     from fedsim.learning.data import check_data
     from fedsim.world import task_streams
 
-    for i, task in enumerate(getattr(scenario.algorithm, "tasks", None) or []):
+    tasks = getattr(scenario.algorithm, "tasks", None) or []
+    if tasks:
+        check_task_setup(tasks, scenario)
+    for i, task in enumerate(tasks):
         config = task.data if task.data is not None else scenario.data
         if i == 0 and config == scenario.data and scenario.training is not None:
             continue  # the run's own data, streams and partition: checked above

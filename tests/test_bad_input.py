@@ -1224,3 +1224,26 @@ def test_label_flip_on_a_regression_dataset_is_refused_by_validate(tmp_path, cap
     assert _validate_and_run_refuse(path, tmp_path, capsys) == (
         f"{path}:3: byzantine.attack: label_flip needs a classification dataset"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "training: none\nalgorithm: {name: fedast, concurrency: 16, tasks: [{name: a}]}\n",
+            "1: training: multi-task algorithms train real models: set training (or every "
+            "task's training)",
+        ),
+        (
+            "algorithm:\n  name: sync_st\n  tasks:\n"
+            "    - {name: a, data: {dataset: synthetic_regression}, model: {kind: linear}, "
+            "target_accuracy: 0.5}\n",
+            "4: algorithm.tasks.0.target_accuracy: synthetic_regression is a regression "
+            "dataset: accuracy is undefined; set target_accuracy: null and a target_loss",
+        ),
+    ],
+)
+def test_task_setups_the_run_refuses_are_refused_by_validate(tmp_path, capsys, text, expected):
+    path = tmp_path / "tasks.yaml"
+    path.write_text(text)
+    assert _validate_and_run_refuse(path, tmp_path, capsys) == f"{path}:{expected}"

@@ -135,16 +135,30 @@ class TaskState:
         return ok
 
 
-def build_tasks(
-    configs: list[TaskConfig], ctx: AlgorithmContext, server_lr: float
-) -> list[TaskState]:
-    """Data, model, trainer, evaluator and server model of every task (see the module docstring)."""
-    scenario = ctx.scenario
+def check_task_setup(configs: list[TaskConfig], scenario: Any) -> None:
+    """What building the tasks refuses before loading anything (``fedsim validate`` runs it too):
+    a training section for every task, and no accuracy target on a regression dataset."""
     if scenario.training is None and any(t.training is None for t in configs):
         raise ScenarioError(
             "multi-task algorithms train real models: set training (or every task's training)",
             path="training",
         )
+    for i, cfg in enumerate(configs):
+        info = dataset_info(cfg.data if cfg.data is not None else scenario.data)
+        if info.task != "classification" and cfg.target_accuracy is not None:
+            raise ScenarioError(
+                f"{info.name} is a regression dataset: accuracy is undefined; set "
+                "target_accuracy: null and a target_loss",
+                path=f"algorithm.tasks.{i}.target_accuracy",
+            )
+
+
+def build_tasks(
+    configs: list[TaskConfig], ctx: AlgorithmContext, server_lr: float
+) -> list[TaskState]:
+    """Data, model, trainer, evaluator and server model of every task (see the module docstring)."""
+    scenario = ctx.scenario
+    check_task_setup(configs, scenario)
     tasks = []
     for i, cfg in enumerate(configs):
         path = f"algorithm.tasks.{i}"
@@ -152,12 +166,6 @@ def build_tasks(
         model_cfg = cfg.model if cfg.model is not None else scenario.model
         training = cfg.training if cfg.training is not None else scenario.training
         info = dataset_info(data_cfg)
-        if info.task != "classification" and cfg.target_accuracy is not None:
-            raise ScenarioError(
-                f"{info.name} is a regression dataset: accuracy is undefined; set "
-                "target_accuracy: null and a target_loss",
-                path=f"{path}.target_accuracy",
-            )
         reuse = (
             i == 0
             and ctx.model.learning
