@@ -23,6 +23,7 @@ TABLES = {
     "benchmarks/results/trace_memory.json": "benchmarks/bench_trace_memory.py",
     "benchmarks/results/fault_injection.json": "benchmarks/fault_injection.py",
     "benchmarks/results/checkpoint.json": "benchmarks/bench_checkpoint.py",
+    "benchmarks/results/availability.json": "benchmarks/bench_availability.py",
     "benchmarks/results/paths.json": "benchmarks/bench_paths.py",
     "benchmarks/results/frain_nullifiers.json": "benchmarks/experiments/frain_nullifiers.py",
     "benchmarks/results/scaffold_vs_fedavg.json": "benchmarks/experiments/scaffold_vs_fedavg.py",
