@@ -307,9 +307,15 @@ def describe(scenario_file: Path, overrides: tuple[str, ...], csv_file: Path | N
     from fedsim.scenario import load_scenario
 
     scenario = load_scenario(scenario_file, overrides)
-    federated = load_federated(
-        scenario.data, scenario.clients.count, SeedStreams(scenario.seed or 0), torch.device("cpu")
-    )
+    try:
+        federated = load_federated(
+            scenario.data,
+            scenario.clients.count,
+            SeedStreams(scenario.seed or 0),
+            torch.device("cpu"),
+        )
+    except ScenarioError as exc:  # FILE:LINE: of the key, as validate and run say it
+        raise scenario.locate_error(exc) from None
     table = describe_partition(federated)
     if csv_file is not None:
         table.to_csv(csv_file)

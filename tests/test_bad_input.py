@@ -1247,3 +1247,14 @@ def test_task_setups_the_run_refuses_are_refused_by_validate(tmp_path, capsys, t
     path = tmp_path / "tasks.yaml"
     path.write_text(text)
     assert _validate_and_run_refuse(path, tmp_path, capsys) == f"{path}:{expected}"
+
+
+def test_data_describe_names_the_line_of_a_partition_it_cannot_draw(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "clients: {count: 20}\ndata: {partition: {kind: quantity_skew, min_samples: 80}}\n"
+    )
+    assert _one_line_error(["data", "describe", str(path)], capsys) == (
+        f"{path}:2: data.partition.min_samples: 20 clients × 80 samples need more than the 1438 "
+        "training samples"
+    )
