@@ -52,6 +52,7 @@ from fedsim.config_base import DefaultTag, Period, Section
 from fedsim.errors import ScenarioError
 from fedsim.fedscale import (
     behaviour_trace,
+    client_csv_rows,
     decode_text,
     is_pickle,
     load_plain_pickle,
@@ -316,34 +317,7 @@ def read_trace_csv(path: str | Path) -> dict[int, tuple[list[float], list[float]
 
 def _parse_csv(text: str, file: Path, value: str) -> dict[int, tuple[list[float], list[float]]]:
     rows: dict[int, list[tuple[float, float]]] = {}
-    first = True
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        content = line.split("#", 1)[0].strip()
-        if not content:
-            continue
-        fields = [f.strip() for f in content.split(",")]
-        if first and fields and fields[0].lower() == "client":
-            first = False
-            continue  # the header
-        first = False
-
-        def bad(why: str, lineno: int = lineno) -> ScenarioError:
-            return ScenarioError(f"{file} line {lineno}: {why}", path=_KEY, value=value)
-
-        if len(fields) != 3:
-            raise bad(f"expected 3 fields client,online_s,offline_s, got {len(fields)}")
-        try:
-            client = int(fields[0])
-        except ValueError:
-            raise bad(f"client must be an integer, got {fields[0]!r}") from None
-        if client < 0:
-            raise bad(f"client must be >= 0, got {client}")
-        try:
-            on, off = float(fields[1]), float(fields[2])
-        except ValueError:
-            raise bad(f"not a number in {content!r}") from None
-        if not (math.isfinite(on) and math.isfinite(off)):
-            raise bad(f"times must be finite, got {content!r}")
+    for bad, client, on, off in client_csv_rows(text, file, _KEY, value, ("online_s", "offline_s")):
         if on < 0:
             raise bad(f"online_s must be >= 0, got {on:g}")
         if off <= on:

@@ -18,7 +18,6 @@ mean job time. Each transfer takes ``clients.network.latency_s + bytes · 8 / (1
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,7 +25,14 @@ from pydantic import Field
 
 from fedsim.config_base import DefaultTag, Section
 from fedsim.errors import ScenarioError
-from fedsim.fedscale import decode_text, device_capacity, is_pickle, load_plain_pickle, read_bytes
+from fedsim.fedscale import (
+    client_csv_rows,
+    decode_text,
+    device_capacity,
+    is_pickle,
+    load_plain_pickle,
+    read_bytes,
+)
 
 
 class BuiltinDevices(Section):
@@ -88,38 +94,10 @@ def read_device_profile(path: str | Path) -> dict[int, tuple[float, float]]:
         return device_capacity(load_plain_pickle(data, file, _KEY), file, _KEY)
     text = decode_text(data, file, _KEY)
     table: dict[int, tuple[float, float]] = {}
-    first = True
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        content = line.split("#", 1)[0].strip()
-        if not content:
-            continue
-        fields = [f.strip() for f in content.split(",")]
-        if first and fields[0].lower() == "client":
-            first = False
-            continue  # the header
-        first = False
-
-        def bad(why: str, lineno: int = lineno) -> ScenarioError:
-            return ScenarioError(f"{file} line {lineno}: {why}", path=_KEY, value=str(path))
-
-        if len(fields) != 3:
-            raise bad(
-                f"expected 3 fields client,compute_ms_per_sample,bandwidth_kbps, got {len(fields)}"
-            )
-        try:
-            client = int(fields[0])
-        except ValueError:
-            raise bad(f"client must be an integer, got {fields[0]!r}") from None
-        if client < 0:
-            raise bad(f"client must be >= 0, got {client}")
+    columns = ("compute_ms_per_sample", "bandwidth_kbps")
+    for bad, client, compute, bandwidth in client_csv_rows(text, file, _KEY, str(path), columns):
         if client in table:
             raise bad(f"client {client} appears twice")
-        try:
-            compute, bandwidth = float(fields[1]), float(fields[2])
-        except ValueError:
-            raise bad(f"not a number in {content!r}") from None
-        if not (math.isfinite(compute) and math.isfinite(bandwidth)):
-            raise bad(f"numbers must be finite, got {content!r}")
         if compute <= 0:
             raise bad(f"compute_ms_per_sample must be > 0, got {compute:g}")
         if bandwidth <= 0:

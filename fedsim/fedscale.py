@@ -18,6 +18,7 @@ import builtins
 import io
 import math
 import pickle
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,46 @@ def decode_text(data: bytes, file: Path, key: str) -> str:
     except UnicodeDecodeError as exc:
         problem = " ".join(str(exc).split())
         raise ScenarioError(f"cannot read {file}: {problem}", path=key) from None
+
+
+RowError = Callable[[str], ScenarioError]
+
+
+def client_csv_rows(
+    text: str, file: Path, key: str, value: str, columns: tuple[str, str]
+) -> Iterator[tuple[RowError, int, float, float]]:
+    """Each data row of a CSV ``client,<columns[0]>,<columns[1]>`` (an optional header line,
+    ``#`` comments and blank lines skipped): a maker of one-line errors naming the file and the
+    line, the client id (an integer >= 0) and the two numbers (finite)."""
+    first = True
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        if not content:
+            continue
+        fields = [f.strip() for f in content.split(",")]
+        if first and fields[0].lower() == "client":
+            first = False
+            continue  # the header
+        first = False
+
+        def bad(why: str, lineno: int = lineno) -> ScenarioError:
+            return ScenarioError(f"{file} line {lineno}: {why}", path=key, value=value)
+
+        if len(fields) != 3:
+            raise bad(f"expected 3 fields client,{','.join(columns)}, got {len(fields)}")
+        try:
+            client = int(fields[0])
+        except ValueError:
+            raise bad(f"client must be an integer, got {fields[0]!r}") from None
+        if client < 0:
+            raise bad(f"client must be >= 0, got {client}")
+        try:
+            a, b = float(fields[1]), float(fields[2])
+        except ValueError:
+            raise bad(f"not a number in {content!r}") from None
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise bad(f"numbers must be finite, got {content!r}")
+        yield bad, client, a, b
 
 
 def is_pickle(data: bytes) -> bool:
@@ -185,6 +226,7 @@ def merge_intervals(spans: list[tuple[float, float]]) -> tuple[list[float], list
 __all__ = [
     "ALLOWED",
     "behaviour_trace",
+    "client_csv_rows",
     "decode_text",
     "device_capacity",
     "is_pickle",

@@ -117,20 +117,19 @@ def _timing(n: int, streams: SeedStreams) -> ClientTiming:
     )
 
 
-def measured_fraction(availability_config: dict, n: int, horizon: float, seed: int = 3) -> float:
-    """Share of client-time online over [0, horizon], integrated over the pool's switch events
-    (and checked against the pool's idle list at every event)."""
+def _pool(availability_config: dict, n: int, seed: int) -> tuple[simpy.Environment, ClientPool]:
+    """A bare pool of ``n`` clients (constant 1 s jobs) with the given availability."""
     streams = SeedStreams(seed)
     env = simpy.Environment()
     config = ClientsConfig(availability=availability_config).availability
-    pool = ClientPool(
-        env,
-        n,
-        _timing(n, streams),
-        None,
-        streams,
-        availability=build_availability(config, n, streams),
-    )
+    availability = build_availability(config, n, streams)
+    return env, ClientPool(env, n, _timing(n, streams), None, streams, availability=availability)
+
+
+def measured_fraction(availability_config: dict, n: int, horizon: float, seed: int = 3) -> float:
+    """Share of client-time online over [0, horizon], integrated over the pool's switch events
+    (and checked against the pool's idle list at every event)."""
+    env, pool = _pool(availability_config, n, seed)
     area = 0.0
     while env.peek() < horizon:
         t0, online = env.now, pool.n_online
@@ -630,18 +629,8 @@ def test_the_idle_positions_follow_every_switch_and_take(tmp_path):
     the idle list after every event of a run with jobs, switches, takes and offline drops; an
     offline client cannot be taken."""
     n = 40
-    streams = SeedStreams(4)
-    env = simpy.Environment()
     markov = {"kind": "markov", "online": {"mean_s": 3.0}, "offline": {"mean_s": 2.0}}
-    config = ClientsConfig(availability=markov).availability
-    pool = ClientPool(
-        env,
-        n,
-        _timing(n, streams),
-        None,
-        streams,
-        availability=build_availability(config, n, streams),
-    )
+    env, pool = _pool(markov, n, seed=4)
     lost = []
 
     def redispatch(job):
