@@ -341,12 +341,14 @@ class ClientPool:
         lost: list[Job] = []
         came: list[int] = []
         while calendar and calendar[0][0] <= now:
-            at, client = heapq.heappop(calendar)
+            at, client = calendar[0]
             state = not online[client]
             online[client] = state
             at = next_switch(client, at, state)  # from the exact switch time, not env.now
             if at != math.inf:
-                heapq.heappush(calendar, (at, client))
+                heapq.heapreplace(calendar, (at, client))  # pop and push in one sift
+            else:
+                heapq.heappop(calendar)
             if state:
                 self.n_online += 1
                 self._append_idle(client)
