@@ -367,7 +367,10 @@ def samples_per_job(training: Any, sizes: np.ndarray) -> np.ndarray:
         steps = np.full_like(n, training.local_steps)
     else:
         steps = np.array(
-            [math.ceil(training.local_epochs * k / b) for k, b in zip(n, width, strict=True)],
+            [
+                math.ceil(training.local_epochs * k / b) if b else 0  # a client with no data
+                for k, b in zip(n, width, strict=True)
+            ],
             dtype=np.int64,
         )
     return steps * width

@@ -87,6 +87,7 @@ def test_samples_per_job_are_the_rows_the_trainer_feeds(training):
         )
         rows = batch_schedule(int(n), steps, config.batch_size, np.random.default_rng(0), replace)
         assert samples == rows.size == steps * b
+    assert samples_per_job(config, np.array([0])).tolist() == [0]  # no data: no work, no error
     if training == {"local_epochs": 1.5, "batch_size": 32}:
         # 10: 2 steps of 10; 50: ceil(75/32) = 3 steps of 32 (the partial third one is full)
         assert got.tolist() == [20, 96, 160, 64, 2]
