@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from censored import command_line, run_all, write_results
 from stats import NO_DIFFERENCE, interval, paired, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,13 +158,6 @@ def tasks(seeds: list[int], lengths: list[int], window_rounds: int, scale: dict,
         for seed in seeds
     ]
     return out
-
-
-def run_all(todo: list, jobs: int) -> list[dict]:
-    if jobs <= 1:
-        return [one_run(t) for t in todo]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one_run, todo))
 
 
 # -- tables -------------------------------------------------------------------------------------------
@@ -372,10 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.data_path:
         scale["data.path"] = args.data_path
     started = time.perf_counter()
-    rows = run_all(tasks(seeds, lengths, window_rounds, scale, args.device), args.jobs)
+    rows = run_all(one_run, tasks(seeds, lengths, window_rounds, scale, args.device), args.jobs)
     wall = time.perf_counter() - started
     results = {
-        "command": f"python {shlex.join(sys.argv)}" if argv is None else shlex.join(argv),
+        "command": command_line(argv),
         "scenario": "scenarios/dsgd_merge.yaml",
         "scale": args.scale,
         "overrides": scale,
@@ -386,8 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         "wall_s": round(wall, 1),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    write_results(args.out, results)
     print(table(results))
     if args.figure:
         figure(results, args.figure)
