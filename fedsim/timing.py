@@ -360,15 +360,14 @@ def samples_per_job(training: Any, sizes: np.ndarray) -> np.ndarray:
     last partial batch is topped up from the next pass, so it counts as a full one."""
     n = np.asarray(sizes, dtype=np.int64)
     batch = training.batch_size
-    width = (
-        np.full_like(n, batch) if training.sampling == "with_replacement" else np.minimum(batch, n)
-    )
+    width = np.full_like(n, batch) if training.sampling == "with_replacement" else n.clip(max=batch)
+    width[n == 0] = 0  # a client with no data does no work
     if training.local_epochs is None:
         steps = np.full_like(n, training.local_steps)
     else:
         steps = np.array(
             [
-                math.ceil(training.local_epochs * k / b) if b else 0  # a client with no data
+                math.ceil(training.local_epochs * k / b) if b else 0
                 for k, b in zip(n, width, strict=True)
             ],
             dtype=np.int64,
