@@ -37,7 +37,8 @@ def _t_mark(a: list[float], b: list[float]) -> str:
 def _row(attack: str, aggregator: str, pre: str, seed: int, acc: float) -> dict:
     return {"algorithm": "FedAvg", "attack": attack, "aggregator": aggregator, "pre": pre,
             "seed": seed, "final_acc": acc, "acc_at": acc / 2, "versions": 10,
-            "byzantine_applied": 0 if attack == "none" else 40, "robust_fallbacks": 0}  # fmt: skip
+            "robust_fallbacks": 0, "sets": 10, "byzantine_rows": 0 if attack == "none" else 40,
+            "sets_over_f": 0 if attack == "none" else seed}  # fmt: skip
 
 
 def test_aggregator_sections_tell_each_rule_f_of_twenty_percent():
@@ -74,7 +75,7 @@ def test_table_marks_are_the_t_intervals_of_the_paired_differences():
             _row("sign_flip", "mean", "nnm", seed, mean[seed] - 0.05),  # NNM lower everywhere
         ]
     results = {"seeds": list(range(5)), "time_s": {"FedAvg": 60.0}, "at_s": {"FedAvg": 30.0},
-               "rows": rows}  # fmt: skip
+               "preset": {"rows": 20}, "f": 4, "rows": rows}  # fmt: skip
     text = exp.table(results)
     krum_nnm = next(line for line in text.splitlines() if line.startswith("| krum + NNM |"))
     assert krum_nnm.endswith(_t_mark(robust, mean) + " |") and _t_mark(robust, mean) == " ▲"
@@ -89,6 +90,8 @@ def test_table_marks_are_the_t_intervals_of_the_paired_differences():
     # mean + NNM ▼; NNM: krum ▲, mean ▼
     assert ("beats `mean` in 1, loses to it in 1, no difference seen in 1; NNM helps in 1, hurts "
             "in 1, no difference seen in 0.") in text  # fmt: skip
+    # 40 Byzantine rows in 10 sets each run; seeds 0..4 have 0..4 sets over f: 40 of 200 sets
+    assert "4.00 Byzantine rows per aggregation of 20, 20 % of the aggregations" in text
 
 
 @pytest.mark.slow
@@ -111,13 +114,15 @@ def test_tiny_cpu_version_against_the_runs_themselves(tmp_path):
     assert row["final_acc"] == result.evals["accuracy"].iloc[-1] == result.summary["final_accuracy"]
     at = result.evals.set_index("sim_time")["accuracy"]
     assert row["acc_at"] == at.loc[30.0] and results["at_s"]["FedAvg"] == 30.0
-    assert row["byzantine_clients"] == 4 and row["byzantine_applied"] == 4 * row["versions"]
+    # Full participation: every round aggregates all 20 clients, exactly the 4 attackers among them.
+    assert row["byzantine_clients"] == 4 and row["sets"] == row["versions"] > 10
+    assert row["byzantine_rows"] == 4 * row["sets"] and row["sets_over_f"] == 0
     assert row["robust_fallbacks"] == 0
 
     # Sign-flipped ×4 updates from 4 of 20 clients: the mean's step points backwards (chance
-    # accuracy), the trimmed mean drops 4 values per side per coordinate and learns.
+    # accuracy: 10 classes), the trimmed mean drops 4 values per side per coordinate and learns.
     for seed in (0, 1):
-        assert by[("mean", seed)]["final_acc"] < 0.2 < 0.5 < by[("trimmed_mean", seed)]["final_acc"]
+        assert by[("mean", seed)]["final_acc"] < 0.2 < 0.3 < by[("trimmed_mean", seed)]["final_acc"]
     text = exp.table(results)
     tm = [by[("trimmed_mean", s)]["final_acc"] for s in (0, 1)]
     mn = [by[("mean", s)]["final_acc"] for s in (0, 1)]

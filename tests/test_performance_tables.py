@@ -31,6 +31,7 @@ TABLES = {
     "benchmarks/results/dsgd_merge.json": "benchmarks/experiments/dsgd_merge.py",
     "benchmarks/results/aggregators.json": "benchmarks/bench_aggregators.py",
     "benchmarks/results/geometric_median_tolerance.json": "benchmarks/bench_aggregators.py",
+    "benchmarks/results/attacks_aggregators.json": "benchmarks/experiments/attacks_aggregators.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
 PAGES = {
@@ -40,6 +41,7 @@ PAGES = {
     "benchmarks/results/fedbuff_vs_fedavgm.json": ROOT / "docs" / "experiments.md",
     "benchmarks/results/dsgd_merge.json": ROOT / "docs" / "experiments.md",
     "benchmarks/results/geometric_median_tolerance.json": ROOT / "docs" / "robustness.md",
+    "benchmarks/results/attacks_aggregators.json": ROOT / "docs" / "robustness.md",
 }
 """Tables that live on another page than docs/performance.md."""
 
