@@ -1,5 +1,6 @@
-"""Attacks × aggregators, with and without NNM, at 20 % Byzantine clients under Dirichlet 0.3,
-for FedAvg and FedBuff (issue 13).
+"""Attacks × aggregators (± NNM), 20 % Byzantine clients, Dirichlet 0.3, FedAvg and FedBuff.
+
+Issue 13's robustness grid.
 
 Every cell is one attack (none, sign_flip, alie, ipm, mimic, gaussian) against one aggregator
 (mean, coordinate_median, trimmed_mean, krum, geometric_median, centered_clipping, caf, monna,
@@ -44,17 +45,15 @@ that beyond ``max_subsets``), τ of centred clipping not recalibrated for the CN
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from censored import experiment_parser, preset, run_and_write
 from stats import NO_DIFFERENCE, interval, paired, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +67,6 @@ AGGREGATORS = ("mean", "coordinate_median", "trimmed_mean", "krum", "geometric_m
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "dataset": "digits",
-        "model": {"kind": "mlp", "hidden": [32]},
         "clients": 20,
         "compute": {"dist": "exponential", "mean_s": 1.0},
         "training": {"local_steps": 5, "batch_size": 32, "lr": 0.2},
@@ -80,7 +78,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "paper": {
         "dataset": "mnist_idx",
-        "model": {"kind": "cnn"},
         "clients": 50,
         "compute": {"dist": "exponential", "mean_s": 1.0},
         "training": {"local_steps": 20, "batch_size": 32, "lr": 0.05},
@@ -93,6 +90,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Everything a preset fixes; ``--dataset`` and ``--data-path`` override. ``rows``: the updates of
 one aggregation (FedAvg's cohort, FedBuff's concurrency and buffer)."""
+
+MODELS: dict[str, dict[str, Any]] = {
+    "digits": {"kind": "mlp", "hidden": [32]},
+    "mnist1d": {"kind": "mlp", "hidden": [32]},
+    "mnist_idx": {"kind": "cnn"},
+    "fashion_mnist_idx": {"kind": "cnn"},
+    "cifar10": {"kind": "cnn", "channels": [32, 64], "hidden": [128]},
+}
+"""The model each dataset is trained with (``--dataset`` picks one of these)."""
 
 ALGORITHMS = ("FedAvg", "FedBuff")
 ATTACKS: dict[str, dict[str, Any] | None] = {
@@ -153,7 +159,7 @@ def scenario(
         "seed": seed,
         "stop": {"time_s": p["time_s"][algorithm]},
         "data": data,
-        "model": p["model"],
+        "model": MODELS[p["dataset"]],
         "training": p["training"],
         "clients": {"count": p["clients"], "compute": p["compute"]},
         "algorithm": algo,
@@ -216,18 +222,12 @@ def one_run(task: tuple[dict[str, Any], str, str, str, str, int, str | None]) ->
         "byzantine_rows": byzantine_rows,
         "sets_over_f": over_f,
         "sim_time_s": s["sim_time_s"],
+        "device": s["device"],
         "wall_s": round(time.perf_counter() - started, 2),
     }
     print(f"{algorithm} {attack} {aggregator}{' + NNM' if pre == 'nnm' else ''} seed {seed}: "
           f"final {row['final_acc']:.3f} ({row['wall_s']:.1f} s)", file=sys.stderr, flush=True)  # fmt: skip
     return row
-
-
-def run_all(tasks: list, jobs: int) -> list[dict]:
-    if jobs <= 1:
-        return [one_run(t) for t in tasks]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one_run, tasks))
 
 
 # -- tables -------------------------------------------------------------------------------------------
@@ -371,57 +371,38 @@ def table(results: dict) -> str:
 
 # -- command line -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes")
-    parser.add_argument("--scale", choices=sorted(PRESETS), default="cpu", help="preset")
-    parser.add_argument("--dataset", help="override the preset's dataset")
-    parser.add_argument("--data-path", help="folder of the dataset's files (mnist_idx, cifar10)")
-    parser.add_argument("--device", help="torch device of the runs (default: fedsim's choice)")
+    out = ROOT / "benchmarks" / "results" / "attacks_aggregators.json"
+    parser = experiment_parser(__doc__, PRESETS, MODELS, out)
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     parser.add_argument(
         "--attacks", nargs="+", choices=list(ATTACKS), default=list(DEFAULT_ATTACKS)
     )
     parser.add_argument("--aggregators", nargs="+", help="a subset (default: the preset's)")
     parser.add_argument("--pre", nargs="+", choices=PRES, default=list(PRES))
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "attacks_aggregators.json"
-    )
-    parser.add_argument("--table", type=Path, help="print the tables of this results file; no runs")
     args = parser.parse_args(argv)
     if args.table:
         print(table(json.loads(args.table.read_text(encoding="utf-8"))))
         return
-    p = dict(PRESETS[args.scale])
-    if args.dataset:
-        p["dataset"] = args.dataset
-    p["data_path"] = args.data_path
-    aggregators = args.aggregators or p["aggregators"]
+    p = preset(PRESETS, args)
     tasks = [
         (p, algorithm, attack, aggregator, pre, seed, args.device)
         for algorithm in args.algorithms
         for attack in args.attacks
-        for aggregator in aggregators
+        for aggregator in args.aggregators or p["aggregators"]
         for pre in args.pre
         for seed in args.seeds
     ]
-    started = time.perf_counter()
-    rows = run_all(tasks, args.jobs)
-    wall = time.perf_counter() - started
-    results = {
-        "command": f"python {shlex.join(sys.argv)}" if argv is None else shlex.join(argv),
-        "seeds": args.seeds,
-        "preset": {k: v for k, v in p.items() if k != "aggregators"},
-        "f": f_of(p),
-        "time_s": {a: p["time_s"][a] for a in args.algorithms},
-        "at_s": {a: at_s(p, a) for a in args.algorithms},
-        "wall_s": round(wall, 1),
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    print(table(results))
-    print(f"\n{len(rows)} runs in {wall:.0f} s wall; command: {results['command']}")
+    run_and_write(
+        one_run,
+        tasks,
+        args,
+        argv,
+        table,
+        preset={k: v for k, v in p.items() if k != "aggregators"},
+        f=f_of(p),
+        time_s={a: p["time_s"][a] for a in args.algorithms},
+        at_s={a: at_s(p, a) for a in args.algorithms},
+    )
 
 
 if __name__ == "__main__":
