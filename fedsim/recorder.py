@@ -51,6 +51,20 @@ arrived at ``sim_time``). ``reason`` says why a job was rejected or late (``non_
 ``norm_bound``, ``staleness``, ``score``, ...); ``task`` is the task of multi-task algorithms (0
 otherwise); ``receiver`` is −1 on job rows."""
 
+OPTIONAL_EVENT_COLUMNS = {"alpha": pa.float64()}
+"""Columns only the algorithms that declare them (``Algorithm.event_columns``) add after
+``EVENT_SCHEMA``, so every other trace keeps its bytes: ``alpha`` is the mixing weight of a
+BRAIN/FRAIN merge (null on every other row)."""
+
+
+def event_schema(extra: tuple[str, ...] = ()) -> pa.Schema:
+    """``EVENT_SCHEMA`` followed by the optional columns ``extra`` (names of
+    ``OPTIONAL_EVENT_COLUMNS``)."""
+    if not extra:
+        return EVENT_SCHEMA
+    return pa.schema([*EVENT_SCHEMA, *(pa.field(n, OPTIONAL_EVENT_COLUMNS[n]) for n in extra)])
+
+
 EVAL_SCHEMA = pa.schema(
     [
         ("sim_time", pa.float64()),
@@ -131,7 +145,13 @@ class TraceWriter:
 
     def _to_table(self, rows: list[tuple]) -> pa.Table:
         # One itemgetter pass per column: zip(*rows) with ~1e5 arguments is several times slower.
-        columns = [list(map(itemgetter(i), rows)) for i in range(len(self.schema))]
+        width = min(len(self.schema), *map(len, rows))  # the columns every row has
+        columns = [list(map(itemgetter(i), rows)) for i in range(width)]
+        # Optional trailing columns: a row without its value (not a merge, say) holds a null there.
+        columns += [
+            [r[i] if len(r) > i else None for r in rows]
+            for i in range(len(columns), len(self.schema))
+        ]
         return pa.table(
             [pa.array(col, type=f.type) for col, f in zip(columns, self.schema, strict=True)],
             schema=self.schema,

@@ -40,7 +40,7 @@ from fedsim.learning.models import ModelSource, build_model, init_params, using_
 from fedsim.learning.trainer import Evaluator, LocalTask
 from fedsim.learning.user_data import Dataset, using_data
 from fedsim.models_store import ModelStore
-from fedsim.recorder import EVAL_SCHEMA, EVENT_SCHEMA, TraceWriter, event_totals, read_table
+from fedsim.recorder import EVAL_SCHEMA, TraceWriter, event_schema, event_totals, read_table
 from fedsim.result import Result
 from fedsim.rng import SeedStreams
 from fedsim.scenario import Scenario, load_scenario
@@ -186,7 +186,9 @@ class Simulation:
 
         chunk = scenario.output.flush_rows
         self.events = TraceWriter(
-            run_dir and run_dir / "events.parquet", EVENT_SCHEMA, chunk_rows=chunk
+            run_dir and run_dir / "events.parquet",
+            event_schema(self.algorithm.event_columns),
+            chunk_rows=chunk,
         )
         self.evals = TraceWriter(
             run_dir and run_dir / "evals.parquet", EVAL_SCHEMA, chunk_rows=chunk
@@ -213,7 +215,7 @@ class Simulation:
         self._started = 0.0
 
     # -- recording -------------------------------------------------------------------------------------
-    def record_job(self, job: Job, status: str, reason: str = "") -> None:
+    def record_job(self, job: Job, status: str, reason: str = "", extra: tuple = ()) -> None:
         """Append one row to the events trace (the hot path: keep it lean)."""
         if job.open:  # still in flight (being cancelled): arrival fields describe this moment
             arrival_version = self.servers[job.server].version
@@ -245,6 +247,7 @@ class Simulation:
                 reason,
                 job.task,
                 -1,
+                *extra,
             )
         )
         if status in ACCEPTED:

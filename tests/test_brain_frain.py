@@ -13,6 +13,7 @@ from fedsim.algorithms.brain import AdaptiveStaleness
 from fedsim.algorithms.committee import committee_median, split_validation
 from fedsim.algorithms.merging import lerp, slerp
 from fedsim.cli import main
+from fedsim.recorder import EVENT_SCHEMA
 from fedsim.scenario import load_scenario
 from fedsim.simulation import Simulation
 
@@ -290,3 +291,50 @@ def test_the_scenario_ships_and_switches_algorithms():
     assert s.algorithm.name == "frain" and s.clients.count == 21 and s.algorithm.max_staleness == 16
     assert load_scenario(path, {"algorithm.name": "fedavg"}).algorithm.name == "fedavg"
     assert load_scenario(path, {"algorithm.name": "brain"}).algorithm.threshold == 0.2
+
+
+# -- the α of each merge in the events trace --------------------------------------------------------
+
+
+def _hinge(k: int, a: float, b: float, c: float) -> float:
+    """FedAsync's hinge, rescaled to reach 0 at c (written here apart from AdaptiveStaleness)."""
+    if k <= b:
+        return 1.0
+    if k >= c:
+        return 0.0
+    end = 1.0 / (a * (c - b) + 1.0)
+    return (1.0 / (a * (k - b) + 1.0) - end) / (1.0 - end)
+
+
+@pytest.mark.parametrize("rule", ["mean", "ratio"])
+def test_the_alpha_of_each_merge_is_in_the_trace_and_follows_the_rule(rule):
+    hinge = {"kind": "hinge", "a": 2.0, "b": 1.0, "c": 5.0}
+    algorithm = {"name": "frain", "concurrency": 8, "committee_size": 5, "threshold": 0.05}
+    sim, r = _run({**algorithm, "alpha_rule": rule, "window": 4, "adaptive": hinge})
+    ev = r.events
+    scored = ev[(ev["status"] == "applied") | (ev["reason"] == "score")]
+    assert len(scored) == len(sim.algorithm.score_log)  # one committee score per scored proposal
+    window: list[float] = []
+    expected = []
+    for (_, row), (sigma, *_rest) in zip(scored.iterrows(), sim.algorithm.score_log, strict=True):
+        if row["status"] != "applied":
+            continue
+        adjusted = sigma * _hinge(int(row["staleness"]), 2.0, 1.0, 5.0)
+        window = [*window, adjusted][-4:]
+        expected.append(
+            sum(window) / len(window)
+            if rule == "mean"
+            else adjusted / sum(window)
+            if sum(window)
+            else 0.0
+        )
+    applied = ev[ev["status"] == "applied"]
+    assert len(applied) > 10 and (applied["staleness"] > 1).any()  # the hinge bites on some
+    assert np.allclose(applied["alpha"].to_numpy(), expected, rtol=0, atol=1e-12)
+    assert ev.loc[ev["status"] != "applied", "alpha"].isna().all()
+
+
+def test_other_algorithms_traces_have_no_alpha_column():
+    _, r = _run({"name": "fedasync", "concurrency": 4, "alpha": 0.6})
+    assert "alpha" not in r.events.columns
+    assert list(r.events.columns) == EVENT_SCHEMA.names

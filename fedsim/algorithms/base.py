@@ -69,6 +69,8 @@ class Algorithm:
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    event_columns: ClassVar[tuple[str, ...]] = ()
+    """Optional events columns this algorithm fills (``fedsim.recorder.OPTIONAL_EVENT_COLUMNS``)."""
 
     def __init__(self, config: Any, ctx: AlgorithmContext) -> None:
         self.config = config
@@ -174,11 +176,12 @@ class Algorithm:
         self.record(job, "dropped")
 
     # -- helpers shared by every algorithm -------------------------------------------------------------
-    def record(self, job: Job, status: str, reason: str = "") -> None:
-        """One events row for ``job``; ``reason`` says why when it is rejected or late."""
+    def record(self, job: Job, status: str, reason: str = "", extra: tuple = ()) -> None:
+        """One events row for ``job``; ``reason`` says why when it is rejected or late; ``extra``
+        holds the values of the algorithm's ``event_columns`` (omitted: null)."""
         if status == "dropped" and not reason:
             reason = job.drop_reason  # "offline" when its client went offline
-        self.ctx.trace.record_job(job, status, reason)
+        self.ctx.trace.record_job(job, status, reason, extra)
 
     def staleness(self, job: Job) -> int:
         """Versions the server moved since ``job`` started (0: the job is fresh)."""

@@ -210,6 +210,7 @@ class Brain(Algorithm):
     name = "brain"
     config_class = BrainConfig
     config: BrainConfig
+    event_columns = ("alpha",)  # the mixing weight of each merge, in the events trace
 
     def __init__(self, config: BrainConfig, ctx: AlgorithmContext) -> None:
         super().__init__(config, ctx)
@@ -340,7 +341,7 @@ class Brain(Algorithm):
         else:
             total = math.fsum(self.window)
             alpha = adjusted / total if total > 0 else 0.0
-        self.record(job, "applied")
+        self.record(job, "applied", extra=(alpha,))
         if self.learning:
             self.publish(self.merged(self.server.params, w_p, alpha))
             self.remember(w_p, adjusted)

@@ -35,7 +35,7 @@ COUNTERS = ("rejected_models", "robust_fallbacks")
 class TraceSink(Protocol):
     """How an algorithm changes the run: rows of the trace, counters, the stop."""
 
-    def record_job(self, job: Job, status: str, reason: str = "") -> None:
+    def record_job(self, job: Job, status: str, reason: str = "", extra: tuple = ()) -> None:
         """One events row for ``job`` (``applied``, ``buffered``, ``dropped``, ``rejected``, ...)."""
 
     def record_message(self, sender: int, receiver: int, nbytes: int, sent_at: float) -> None:
