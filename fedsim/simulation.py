@@ -110,8 +110,13 @@ class Simulation:
 
         info = dataset_info(scenario.data)
         module, self.spec = build_model(scenario.model, info)
+        algorithm = ALGORITHMS[scenario.algorithm.name]
         self.world = world = build_world(
-            scenario, self.streams, device=self.device, model_bytes=self.spec.nbytes()
+            scenario,
+            self.streams,
+            device=self.device,
+            model_bytes=self.spec.nbytes(),
+            validation=algorithm.validation_split(scenario.algorithm),
         )
         self.client_sizes = world.sizes
         self.trainer = None
@@ -177,12 +182,13 @@ class Simulation:
                 evaluator=self.evaluator,
                 data=getattr(self, "data", None),
                 trainer=self.trainer,
+                validation=world.validation,
             ),
             timing=self.timing,
             topology=self.topology,
             trace=self,
         )
-        self.algorithm = ALGORITHMS[scenario.algorithm.name](scenario.algorithm, self.context)
+        self.algorithm = algorithm(scenario.algorithm, self.context)
 
         chunk = scenario.output.flush_rows
         self.events = TraceWriter(

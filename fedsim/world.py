@@ -43,6 +43,7 @@ from fedsim.timing import ClientTiming
 from fedsim.topology import Topology, build_topology
 
 if TYPE_CHECKING:
+    from fedsim.algorithms.context import ValidationSplit
     from fedsim.scenario import Scenario
 
 
@@ -145,6 +146,9 @@ class World:
     topology: Topology | None
     server_of: np.ndarray
     """The server (topology node) of each client; 0 with one server."""
+    validation: list[np.ndarray] | None = None
+    """Each client's held-out validation rows when the algorithm asked for a split (then
+    ``data`` holds only the rows it trains on)."""
 
     @property
     def n_clients(self) -> int:
@@ -156,17 +160,30 @@ class World:
 
 
 def build_world(
-    scenario: Scenario, streams: SeedStreams, *, device: torch.device, model_bytes: int
+    scenario: Scenario,
+    streams: SeedStreams,
+    *,
+    device: torch.device,
+    model_bytes: int,
+    validation: ValidationSplit | None = None,
 ) -> World:
     """Data and partition, Byzantine set, timing, availability, topology and server assignment.
 
-    ``model_bytes`` is what each job downloads and uploads (the network time of a job).
+    ``model_bytes`` is what each job downloads and uploads (the network time of a job);
+    ``validation`` is the split the algorithm asked for (``Algorithm.validation_split``), held
+    out of each client's training rows before timing sees their sizes.
     """
     n_clients = scenario.clients.count
     data = None
+    held_out = None
     sizes = np.ones(n_clients, dtype=int)
     if scenario.training is not None:
         data = build_task_data(scenario.data, n_clients, streams, device)
+        if validation is not None:
+            train, held_out = split_validation(
+                data.client_indices, validation.fraction, streams.generator(validation.stream)
+            )
+            data.client_indices = train
         sizes = data.client_sizes
 
     byzantine = scenario.byzantine
@@ -189,7 +206,33 @@ def build_world(
         topology = build_topology(scenario.topology, streams.generator("topology.graph"))
         for server, members in enumerate(topology.assignment):
             server_of[list(members)] = server
-    return World(scenario, data, sizes, is_byzantine, timing, availability, topology, server_of)
+    return World(
+        scenario, data, sizes, is_byzantine, timing, availability, topology, server_of, held_out
+    )
+
+
+def split_validation(
+    indices: Sequence[np.ndarray], fraction: float, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's rows split into (train, validation), validation a random ``fraction`` of them.
+
+    A client with ``n ≥ 2`` rows keeps ``min(n − 1, max(1, round(fraction·n)))`` for validation
+    (drawn uniformly, rows kept in their original order); a client with fewer rows validates on
+    the rows it trains on (it has nothing to hold out).
+    """
+    train, val = [], []
+    for rows in indices:
+        n = len(rows)
+        if n < 2:
+            train.append(rows)
+            val.append(rows)
+            continue
+        k = min(n - 1, max(1, round(fraction * n)))
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n, size=k, replace=False)] = True
+        train.append(rows[~mask])
+        val.append(rows[mask])
+    return train, val
 
 
 def task_streams(streams: SeedStreams, task: int) -> SeedStreams:

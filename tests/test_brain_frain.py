@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from fedsim.algorithms.brain import AdaptiveStaleness
-from fedsim.algorithms.committee import committee_median, split_validation
+from fedsim.algorithms.committee import committee_median
 from fedsim.algorithms.merging import lerp, slerp
 from fedsim.cli import main
 from fedsim.recorder import EVENT_SCHEMA
 from fedsim.scenario import load_scenario
 from fedsim.simulation import Simulation
+from fedsim.world import split_validation
 
 # -- SLERP ------------------------------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ algorithms; the time each client was online, against a brute-force integration."
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
+from fedsim.algorithms.context import ValidationSplit
 from fedsim.learning.data import DataConfig
 from fedsim.rng import SeedStreams
 from fedsim.scenario import load_scenario
@@ -172,3 +174,39 @@ def test_the_availability_log_keeps_what_the_pool_asked():
     t = np.linspace(0, 47, 47_001)[:-1] + 47 / 47_000 / 2
     expected = [((t - p) % 10.0 < 3.0).mean() * 47 for p in phase]
     np.testing.assert_allclose(log.online_seconds(47.0), expected, atol=0.01)
+
+
+def test_a_validation_split_the_algorithm_asks_for_is_held_out_by_the_world(tmp_path):
+    """BRAIN's committee validation rows are carved out by the world, seeded by their own stream:
+    the run trains on the rest (clients.parquet counts those), scores on the held-out rows, and
+    an algorithm that asks for nothing gets the whole partition."""
+    algo = {"name": "brain", "concurrency": 4, "committee_size": 3, "validation_fraction": 0.25}
+    s = load_scenario(scenario(algorithm=algo, byzantine=None))
+    whole = build_world(load_scenario(scenario()), SeedStreams(s.seed), device=CPU, model_bytes=8)
+    assert whole.validation is None
+    sim = Simulation(s, device="cpu", run_dir=tmp_path / "run")
+    held = sim.world.validation
+    assert held is sim.context.model.validation
+    for rows, train, val in zip(
+        whole.data.client_indices, sim.data.client_indices, held, strict=True
+    ):
+        if len(rows) >= 2:
+            assert len(val) == min(len(rows) - 1, max(1, round(0.25 * len(rows))))
+            assert set(train).isdisjoint(val) and set(train) | set(val) == set(rows)
+    # Scored on exactly the held-out rows, in the order the world drew them.
+    for rows, val in zip(sim.algorithm.scorer.rows, held, strict=True):
+        np.testing.assert_array_equal(rows.numpy(), val)
+    # The same seeded carve-out again, from the builder alone.
+    again = build_world(
+        s,
+        SeedStreams(s.seed),
+        device=CPU,
+        model_bytes=8,
+        validation=ValidationSplit(0.25, stream="brain.validation"),
+    )
+    for a, b in zip(again.validation, held, strict=True):
+        np.testing.assert_array_equal(a, b)
+    sim.run()
+    sizes = pq.read_table(tmp_path / "run" / "clients.parquet")["data_size"].to_pylist()
+    assert sizes == [len(t) for t in sim.data.client_indices]
+    assert sum(sizes) + sum(len(v) for v in held) == sum(len(r) for r in whole.data.client_indices)

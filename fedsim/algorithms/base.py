@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import simpy
 import torch
 
-from fedsim.algorithms.context import AlgorithmContext
+from fedsim.algorithms.context import AlgorithmContext, ValidationSplit
 from fedsim.algorithms.server_opt import ServerOptimizer, ServerOptState
 from fedsim.clients import ClientPool, Job
 from fedsim.learning.params import all_finite
@@ -71,6 +71,13 @@ class Algorithm:
     config_class: ClassVar[type]
     event_columns: ClassVar[tuple[str, ...]] = ()
     """Optional events columns this algorithm fills (``fedsim.recorder.OPTIONAL_EVENT_COLUMNS``)."""
+
+    @classmethod
+    def validation_split(cls, config: Any) -> ValidationSplit | None:
+        """The share of each client's rows to hold out for validation (``ctx.model.validation``),
+        or None (the default). The world builder carves it out before anything trains (runs with
+        training only), so clients never train on it and ``clients.parquet`` counts what they do."""
+        return None
 
     def __init__(self, config: Any, ctx: AlgorithmContext) -> None:
         self.config = config

@@ -55,8 +55,8 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from fedsim.algorithms.base import Algorithm, weighted_sum
-from fedsim.algorithms.committee import CommitteeScorer, committee_median, split_validation
-from fedsim.algorithms.context import AlgorithmContext
+from fedsim.algorithms.committee import CommitteeScorer, committee_median
+from fedsim.algorithms.context import AlgorithmContext, ValidationSplit
 from fedsim.algorithms.merging import merge
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -212,6 +212,13 @@ class Brain(Algorithm):
     config: BrainConfig
     event_columns = ("alpha",)  # the mixing weight of each merge, in the events trace
 
+    @classmethod
+    def validation_split(cls, config: BrainConfig) -> ValidationSplit | None:
+        """Committee scoring holds out ``validation_fraction`` of each node's rows."""
+        if config.scores != "committee":
+            return None
+        return ValidationSplit(config.validation_fraction, stream="brain.validation")
+
     def __init__(self, config: BrainConfig, ctx: AlgorithmContext) -> None:
         super().__init__(config, ctx)
         n = self.pool.n_clients
@@ -230,18 +237,12 @@ class Brain(Algorithm):
         timing = ctx.timing
         self.entry_s = config.entry_s if config.entry_s is not None else timing.down_s
         self.scorer: CommitteeScorer | None = None
-        if self.learning and config.scores == "committee":
-            train, val = split_validation(
-                ctx.model.data.client_indices,
-                config.validation_fraction,
-                streams.generator("brain.validation"),
-            )
-            ctx.model.data.client_indices[:] = train  # nodes never train on their validation rows
+        if ctx.model.validation is not None:  # the world held it out (validation_split)
             self.scorer = CommitteeScorer(
                 ctx.model.evaluator.module,
                 ctx.model.spec,
                 ctx.model.data,
-                val,
+                ctx.model.validation,
                 config.metric,
                 config.loss_scale,
             )

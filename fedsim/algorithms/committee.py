@@ -30,30 +30,6 @@ from fedsim.learning.params import ParamSpec
 Metric = Literal["accuracy", "exp_loss"]
 
 
-def split_validation(
-    indices: Sequence[np.ndarray], fraction: float, rng: np.random.Generator
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each node's rows split into (train, validation), validation a random ``fraction`` of them.
-
-    A node with ``n ≥ 2`` rows keeps ``min(n − 1, max(1, round(fraction·n)))`` for validation
-    (drawn uniformly, rows kept in their original order); a node with fewer rows validates on the
-    rows it trains on (it has nothing to hold out).
-    """
-    train, val = [], []
-    for rows in indices:
-        n = len(rows)
-        if n < 2:
-            train.append(rows)
-            val.append(rows)
-            continue
-        k = min(n - 1, max(1, round(fraction * n)))
-        mask = np.zeros(n, dtype=bool)
-        mask[rng.choice(n, size=k, replace=False)] = True
-        train.append(rows[~mask])
-        val.append(rows[mask])
-    return train, val
-
-
 def tie_split_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per sample: 1/(number of classes tied at the top) if the true class is among them, else 0.
 

@@ -65,6 +65,21 @@ class ClientFacts:
 
 
 @dataclass(frozen=True)
+class ValidationSplit:
+    """A held-out share of each client's training rows, asked for by an algorithm's
+    :meth:`~fedsim.algorithms.base.Algorithm.validation_split` and carved out by the world builder
+    before the run: clients then never train on these rows.
+
+    A client with ``n ≥ 2`` rows holds out ``min(n − 1, max(1, round(fraction·n)))`` of them, drawn
+    uniformly from the named ``stream``; one with fewer rows validates on the rows it trains on.
+    """
+
+    fraction: float
+    stream: str
+    """The seed stream the carve-out draws from (take your algorithm's own name)."""
+
+
+@dataclass(frozen=True)
 class ModelFacts:
     """The model trained, where, and what evaluates it (None in timing-only runs)."""
 
@@ -76,6 +91,9 @@ class ModelFacts:
     data: FederatedData | None
     trainer: Any
     """The trainer the client pool submits jobs to (for algorithms that build task trainers)."""
+    validation: list[np.ndarray] | None = None
+    """Each client's held-out rows of ``data`` (indices into its training arrays) when the
+    algorithm asked for a :class:`ValidationSplit`; None otherwise."""
 
 
 @dataclass(frozen=True)
