@@ -140,10 +140,9 @@ def _check_runnable(scenario: Any, data: Any) -> None:
         check_data(scenario.data, scenario.clients.count, data, streams=streams)
         _check_data_attack(scenario, data)
     _check_task_data(scenario, streams)
-    if scenario.topology is not None:
-        from fedsim.topology import build_topology
+    from fedsim.world import build_servers
 
-        build_topology(scenario.topology, streams.generator("topology.graph"))
+    build_servers(scenario, streams)  # as the run builds them (graph, mixing files, connectivity)
 
 
 def _check_task_data(scenario: Any, streams: Any) -> None:

@@ -200,15 +200,23 @@ def build_world(
     model = build_availability(scenario.clients.availability, n_clients, streams)
     availability = AvailabilityLog(model, n_clients) if model is not None else None
 
-    topology = None
-    server_of = np.zeros(n_clients, dtype=np.int64)
-    if scenario.topology is not None:
-        topology = build_topology(scenario.topology, streams.generator("topology.graph"))
-        for server, members in enumerate(topology.assignment):
-            server_of[list(members)] = server
+    topology, server_of = build_servers(scenario, streams)
     return World(
         scenario, data, sizes, is_byzantine, timing, availability, topology, server_of, held_out
     )
+
+
+def build_servers(scenario: Scenario, streams: SeedStreams) -> tuple[Topology | None, np.ndarray]:
+    """The topology (graph and mixing files read, connectivity checked; None without a
+    ``topology:`` section) and the server of each client: what the run builds and what
+    ``fedsim validate`` checks (:func:`fedsim.checks.check_runnable`), one code path."""
+    server_of = np.zeros(scenario.clients.count, dtype=np.int64)
+    if scenario.topology is None:
+        return None, server_of
+    topology = build_topology(scenario.topology, streams.generator("topology.graph"))
+    for server, members in enumerate(topology.assignment):
+        server_of[list(members)] = server
+    return topology, server_of
 
 
 def split_validation(

@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from fedsim.algorithms.context import ValidationSplit
+from fedsim.checks import check_runnable
+from fedsim.errors import ScenarioError
 from fedsim.learning.data import DataConfig
 from fedsim.rng import SeedStreams
 from fedsim.scenario import load_scenario
 from fedsim.simulation import Simulation
 from fedsim.world import (
     AvailabilityLog,
+    build_servers,
     build_task_data,
     build_world,
     label_counts,
@@ -210,3 +213,26 @@ def test_a_validation_split_the_algorithm_asks_for_is_held_out_by_the_world(tmp_
     sizes = pq.read_table(tmp_path / "run" / "clients.parquet")["data_size"].to_pylist()
     assert sizes == [len(t) for t in sim.data.client_indices]
     assert sum(sizes) + sum(len(v) for v in held) == sum(len(r) for r in whole.data.client_indices)
+
+
+def test_validate_refuses_a_topology_with_the_line_the_world_builder_raises(root, tmp_path):
+    """check_runnable (``fedsim validate``, the run's first step) builds the servers with the
+    world's own builder: the same disconnected graph is the same one line in both."""
+    edges = tmp_path / "two.txt"
+    edges.write_text("0 1\n1 2\n3 4\n")
+    s = load_scenario(root / "scenarios" / "dfl_toy.yaml")
+    raw = s.model_dump(mode="json", exclude_none=True)
+    raw["topology"]["graph"] = {"kind": "from_file", "path": str(edges)}
+    bad = load_scenario(raw)
+    with pytest.raises(ScenarioError) as from_world:
+        build_world(bad, SeedStreams(bad.seed), device=CPU, model_bytes=0)
+    with pytest.raises(ScenarioError) as from_validate:
+        check_runnable(bad)
+    assert str(from_validate.value) == str(from_world.value)
+    assert str(from_world.value).startswith("topology.graph: ") and "disconnected" in str(
+        from_world.value
+    )
+    topology, server_of = build_servers(s, SeedStreams(s.seed))
+    world = build_world(s, SeedStreams(s.seed), device=CPU, model_bytes=0)
+    np.testing.assert_array_equal(topology.W, world.topology.W)
+    np.testing.assert_array_equal(server_of, world.server_of)
