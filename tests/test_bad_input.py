@@ -595,6 +595,40 @@ TOPOLOGY_CASES = [
         "clients.dropout.prob: drpga averages every client every round; set clients.dropout.prob "
         "to 0",
     ),
+    (
+        "drpga with a topology",
+        "algorithm: {name: drpga}\ntopology: {servers: 2, clients_per_server: 5}\n",
+        2,
+        "topology: drpga runs with one server; remove the topology section",
+    ),
+    (
+        "modest two clients per server",
+        "training: none\nalgorithm: {name: modest}\ntopology: {servers: 4, clients_per_server: 2}\n",
+        3,
+        "topology.clients_per_server: modest peers train on their own data: every server needs "
+        "exactly one client (clients_per_server: 1)",
+    ),
+    (
+        "modest with a client network",
+        "training: none\nalgorithm: {name: modest}\ntopology: {servers: 4, clients_per_server: 1}\n"
+        "clients: {network: {latency_s: 0.1}}\n",
+        4,
+        "clients.network: modest peers talk over topology.link; leave clients.network at its "
+        "default",
+    ),
+    (
+        "fedast concurrency beyond the clients",
+        "algorithm: {name: fedast, concurrency: 500, tasks: [{name: a}]}\n",
+        1,
+        "algorithm.concurrency: 500 requests in flight need that many clients, but clients.count "
+        "is 100",
+    ),
+    (
+        "sync_st cohort beyond the clients",
+        "algorithm: {name: sync_st, clients_per_round: 500, tasks: [{name: a}]}\n",
+        1,
+        "algorithm.clients_per_round: 500 clients per round, but clients.count is 100",
+    ),
 ]
 
 

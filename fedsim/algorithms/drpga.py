@@ -187,16 +187,7 @@ class Drpga(Algorithm):
 
     def __init__(self, config: DrpgaConfig, ctx: AlgorithmContext) -> None:
         super().__init__(config, ctx)
-        if ctx.topology is not None:
-            raise ScenarioError(
-                "drpga runs with one server; remove the topology section", path="topology"
-            )
         scenario = ctx.scenario
-        if scenario.clients.dropout.prob > 0:
-            raise ScenarioError(
-                "drpga averages every client every round; set clients.dropout.prob to 0",
-                path="clients.dropout.prob",
-            )
         self.network = scenario.clients.network
         # Communication is simulated by this algorithm (it overlaps computation): jobs are compute
         # only (network=False), and job rows carry their real partial bytes.

@@ -56,7 +56,6 @@ from fedsim.algorithms.schedule import start_soon
 from fedsim.checks import needs_topology
 from fedsim.clients import Job
 from fedsim.config_base import Section
-from fedsim.errors import ScenarioError
 
 PROGRESS_TOL = 1e-9
 END_OF_INSTANT = 2  # SimPy priority after every normal event of the same simulated time
@@ -126,12 +125,6 @@ class DSGD(MultiServerAlgorithm):
 
     def __init__(self, config: DSGDConfig, ctx: AlgorithmContext) -> None:
         super().__init__(config, ctx)
-        if any(len(members) != 1 for members in self.clients_of):
-            raise ScenarioError(
-                "dsgd peers train on their own data: every server needs exactly one client "
-                "(clients_per_server: 1)",
-                path="topology.clients_per_server",
-            )
         self.round = 0
         self.merges = 0
         training = ctx.scenario.training

@@ -36,7 +36,6 @@ from fedsim.algorithms.realloc import dispersion, reallocate, split_proportional
 from fedsim.checks import at_most_clients
 from fedsim.clients import Job
 from fedsim.config_base import Section
-from fedsim.errors import ScenarioError
 
 
 class FedAstConfig(Section):
@@ -122,12 +121,6 @@ class FedAst(MultiTaskAlgorithm):
 
     def __init__(self, config: FedAstConfig, ctx: AlgorithmContext) -> None:
         super().__init__(config, ctx)
-        if config.concurrency > self.pool.n_clients:
-            raise ScenarioError(
-                f"{config.concurrency} requests in flight need that many clients; clients.count is "
-                f"{self.pool.n_clients}",
-                path="algorithm.concurrency",
-            )
         n = len(self.tasks)
         minimum = 1 if config.buffer_size is None else config.buffer_size
         self.target = split_proportional(

@@ -212,18 +212,6 @@ class Modest(MultiServerAlgorithm):
 
     def __init__(self, config: ModestConfig, ctx: AlgorithmContext) -> None:
         super().__init__(config, ctx)
-        if any(len(c) != 1 for c in self.clients_of):
-            raise ScenarioError(
-                "modest peers train on their own data: every server needs exactly one client "
-                "(clients_per_server: 1)",
-                path="topology.clients_per_server",
-            )
-        network = ctx.scenario.clients.network
-        if network.latency_s > 0 or network.bandwidth_mbps is not None:
-            raise ScenarioError(
-                "modest peers talk over topology.link; leave clients.network at its default",
-                path="clients.network",
-            )
         self.n = len(self.servers)
         self.client_of = [c[0] for c in self.clients_of]
         self.view = list(range(self.n))

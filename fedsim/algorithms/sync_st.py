@@ -27,7 +27,6 @@ from fedsim.algorithms.realloc import split_proportional
 from fedsim.checks import at_most_clients
 from fedsim.clients import Job
 from fedsim.config_base import Section
-from fedsim.errors import ScenarioError
 
 
 class SyncStConfig(Section):
@@ -79,12 +78,6 @@ class SyncSt(MultiTaskAlgorithm):
 
     def __init__(self, config: SyncStConfig, ctx: AlgorithmContext) -> None:
         super().__init__(config, ctx)
-        if config.clients_per_round > self.pool.n_clients:
-            raise ScenarioError(
-                f"{config.clients_per_round} clients per round but clients.count is "
-                f"{self.pool.n_clients}",
-                path="algorithm.clients_per_round",
-            )
         n = len(self.tasks)
         self.round = 0
         self.reports: list[list[Job]] = [[] for _ in range(n)]
