@@ -149,6 +149,15 @@ class Availability:
         """The long-run share of time a client is online (expected)."""
         raise NotImplementedError
 
+    def shortest_spell_s(self) -> float:
+        """A lower bound on the time between two switches of one client; 0 (no bound) keeps the
+        pool on its heap calendar, one next switch at a time (models drawing spells in time order)."""
+        return 0.0
+
+    def next_switch_all(self, times: np.ndarray, online: np.ndarray) -> np.ndarray:
+        """:meth:`next_switch` of many clients at once (models with a :meth:`shortest_spell_s`)."""
+        raise NotImplementedError
+
 
 class Diurnal(Availability):
     def __init__(self, config: DiurnalAvailability, n_clients: int, streams: SeedStreams) -> None:
@@ -172,6 +181,15 @@ class Diurnal(Availability):
 
     def next_switch(self, client: int, t: float, online: bool) -> float:
         return t + (self.on_s if online else self.off_s)
+
+    def shortest_spell_s(self) -> float:
+        """A lower bound on the time between two switches of one client (the pool's batched
+        calendar: within a window this long, each client switches at most once)."""
+        return min(self.on_s, self.off_s) if self.fraction < 1.0 else math.inf
+
+    def next_switch_all(self, times: np.ndarray, online: np.ndarray) -> np.ndarray:
+        """:meth:`next_switch` of many clients at once (the same float additions)."""
+        return times + np.where(online, self.on_s, self.off_s)
 
     def initial_all(self, n_clients: int) -> tuple[list[bool], list[float]]:
         if self.fraction >= 1.0:

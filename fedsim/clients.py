@@ -22,6 +22,7 @@ import heapq
 import math
 from collections.abc import Callable
 
+import numpy as np
 import simpy
 import torch
 
@@ -308,19 +309,32 @@ class ClientPool:
     def _start_availability(self) -> None:
         """Each client's state at time 0 and its first switch; offline clients leave idle.
 
-        The pending switches are a calendar of its own (a heap of ``(time, client)``: one entry per
-        client, ties in client order) with one event on the SimPy queue for its earliest entry, so
-        100k clients cost the event queue one entry, not 100k (see benchmarks/bench_availability.py).
+        The pending switches are a calendar of its own with one event on the SimPy queue for its
+        earliest entry, so 100k clients cost the event queue one entry, not 100k (see
+        benchmarks/bench_availability.py). A model with a shortest spell (diurnal) gets a batched
+        calendar: every switch of the next window of that length (at most one per client), sorted
+        in numpy, with their next switches computed in bulk; others a heap of ``(time, client)``
+        (one entry per client). Both apply switches in (time, client) order.
         """
         online, first = self.availability.initial_all(self.n_clients)
         self.online = online
         self.n_online = sum(online)
         self._running = {}
-        self._calendar = [(at, c) for c, at in enumerate(first) if at != math.inf]
-        heapq.heapify(self._calendar)
         self._tick = SwitchTick()
-        self._tick_callbacks = (self._on_tick,)
-        self._arm()
+        self._window_s = self.availability.shortest_spell_s()
+        if self._window_s > 0:
+            self._next = np.asarray(first, dtype=np.float64)
+            self._record = getattr(self.availability, "record", None)
+            if self._record is not None:  # the log records each window when drawn
+                self.availability.pending = self._unapplied
+            self._refill()
+            self._tick_callbacks = (self._on_batch_tick,)
+            self._arm_batch()
+        else:
+            self._calendar = [(at, c) for c, at in enumerate(first) if at != math.inf]
+            heapq.heapify(self._calendar)
+            self._tick_callbacks = (self._on_tick,)
+            self._arm()
         self.idle = [c for c in self.idle if online[c]]
         self._slot = [-1] * self.n_clients
         for i, client in enumerate(self.idle):
@@ -343,24 +357,93 @@ class ClientPool:
         while calendar and calendar[0][0] <= now:
             at, client = calendar[0]
             state = not online[client]
-            online[client] = state
             at = next_switch(client, at, state)  # from the exact switch time, not env.now
             if at != math.inf:
                 heapq.heapreplace(calendar, (at, client))  # pop and push in one sift
             else:
                 heapq.heappop(calendar)
-            if state:
-                self.n_online += 1
-                self._append_idle(client)
-                came.append(client)
-                continue
-            self.n_online -= 1
-            job = self._running.pop(client, None)
-            if job is not None:
-                lost.append(job)
-            elif (i := self._slot[client]) >= 0:  # else taken but not dispatched: not idle
-                self._remove_at(i)
+            self._switch(client, state, lost, came)
         self._arm()
+        self._react(lost, came)
+
+    def _refill(self) -> None:
+        """The next window of the batched calendar: the switches in [t, t + shortest spell) from
+        the earliest pending one t, in (time, client) order; their next switches fall after it."""
+        pending = self._next
+        start = float(pending.min()) if len(pending) else math.inf
+        self._cursor = 0
+        if start == math.inf:
+            self._times, self._clients, self._states = [], [], []
+            return
+        clients = np.flatnonzero(pending < start + self._window_s)
+        times = pending[clients]
+        order = np.argsort(times, kind="stable")  # ties in client order, as the heap
+        clients, times = clients[order], times[order]
+        online = self.online
+        states = [not online[c] for c in clients.tolist()]
+        pending[clients] = self.availability.next_switch_all(times, np.asarray(states, dtype=bool))
+        self._times, self._clients, self._states = times.tolist(), clients.tolist(), states
+        if self._record is not None:
+            self._record(self._times, self._clients, states)
+
+    def _unapplied(self) -> int:
+        return len(self._times) - self._cursor
+
+    def _arm_batch(self) -> None:
+        if self._cursor < len(self._times):
+            self._tick.callbacks = self._tick_callbacks
+            self.env.schedule(self._tick, delay=max(self._times[self._cursor] - self.env.now, 0.0))
+
+    def _on_batch_tick(self, _tick: SwitchTick) -> None:
+        """:meth:`_on_tick` for the batched calendar (:meth:`_switch` inline: the hot path)."""
+        now, online, slot, running = self.env.now, self.online, self._slot, self._running
+        lost: list[Job] = []
+        came: list[int] = []
+        i = self._cursor
+        times, clients, states = self._times, self._clients, self._states
+        while True:
+            while i < len(times) and times[i] <= now:
+                client = clients[i]
+                state = online[client] = states[i]
+                i += 1
+                if state:
+                    self.n_online += 1
+                    slot[client] = len(self.idle)
+                    self.idle.append(client)
+                    came.append(client)
+                    continue
+                self.n_online -= 1
+                job = running.pop(client, None)
+                if job is not None:
+                    lost.append(job)
+                elif slot[client] >= 0:  # else taken but not dispatched: not idle
+                    self._remove_at(slot[client])
+            if i < len(times) or not times:
+                break
+            self._cursor = i
+            self._refill()
+            i = 0
+            times, clients, states = self._times, self._clients, self._states
+        self._cursor = i
+        self._arm_batch()
+        self._react(lost, came)
+
+    def _switch(self, client: int, state: bool, lost: list[Job], came: list[int]) -> None:
+        """``client`` goes online (``state``) or offline now: the idle list, and its job (lost)."""
+        self.online[client] = state
+        if state:
+            self.n_online += 1
+            self._append_idle(client)
+            came.append(client)
+            return
+        self.n_online -= 1
+        job = self._running.pop(client, None)
+        if job is not None:
+            lost.append(job)
+        elif (i := self._slot[client]) >= 0:  # else taken but not dispatched: not idle
+            self._remove_at(i)
+
+    def _react(self, lost: list[Job], came: list[int]) -> None:
         for job in lost:
             self._lose(job)
         if came:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +69,8 @@ class AvailabilityLog(Availability):
         self.times = array("d")
         self.clients = array("q")
         self.states = array("b")
+        self.pending: Callable[[], int] | None = None
+        """How many of the switches recorded are not applied yet (set by a batched calendar)."""
 
     def initial(self, client: int) -> tuple[bool, float]:
         online, at = self.model.initial(client)
@@ -89,25 +91,41 @@ class AvailabilityLog(Availability):
     def online_fraction(self) -> float:
         return self.model.online_fraction()
 
+    def shortest_spell_s(self) -> float:
+        return self.model.shortest_spell_s()
+
+    def next_switch_all(self, times: np.ndarray, online: np.ndarray) -> np.ndarray:
+        return self.model.next_switch_all(times, online)
+
+    def record(self, times: list[float], clients: list[int], states: list[bool]) -> None:
+        """A window of the pool's batched calendar, in time order, recorded when drawn: the
+        last :attr:`pending` ones of them are not applied yet (a run may stop before them)."""
+        self.times.extend(times)
+        self.clients.extend(clients)
+        self.states.extend(states)
+
+    def _applied(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(times, clients, states) of the switches applied so far."""
+        n = len(self.times) - (self.pending() if self.pending is not None else 0)
+        return (
+            np.frombuffer(self.times, dtype=np.float64)[:n],
+            np.frombuffer(self.clients, dtype=np.int64)[:n],
+            np.frombuffer(self.states, dtype=np.int8)[:n].astype(bool),
+        )
+
     def switches(self) -> pa.Table:
         """Every switch so far, in time order (``availability.parquet``)."""
+        times, clients, states = self._applied()
         return pa.table(
-            {
-                "sim_time": np.frombuffer(self.times, dtype=np.float64),
-                "client": np.frombuffer(self.clients, dtype=np.int64).astype(np.int32),
-                "online": np.frombuffer(self.states, dtype=np.int8).astype(bool),
-            },
+            {"sim_time": times, "client": clients.astype(np.int32), "online": states},
             schema=AVAILABILITY_SCHEMA,
         )
 
     def online_seconds(self, end: float) -> np.ndarray:
         """Simulated seconds each client was online on ``[0, end]``."""
+        times, clients, states = self._applied()
         return online_seconds(
-            np.asarray(self.online_at_start, dtype=bool),
-            np.frombuffer(self.clients, dtype=np.int64),
-            np.frombuffer(self.times, dtype=np.float64),
-            np.frombuffer(self.states, dtype=np.int8).astype(bool),
-            end,
+            np.asarray(self.online_at_start, dtype=bool), clients, times, states, end
         )
 
 
