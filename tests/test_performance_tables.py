@@ -34,6 +34,7 @@ TABLES = {
     "benchmarks/results/aggregators.json": "benchmarks/bench_aggregators.py",
     "benchmarks/results/geometric_median_tolerance.json": "benchmarks/bench_aggregators.py",
     "benchmarks/results/attacks_aggregators.json": "benchmarks/experiments/attacks_aggregators.py",
+    "benchmarks/results/frain_ablations.json": "benchmarks/experiments/frain_ablations.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
 PAGES = {
@@ -46,6 +47,7 @@ PAGES = {
     "benchmarks/results/dsgd_merge.json": ROOT / "docs" / "experiments.md",
     "benchmarks/results/geometric_median_tolerance.json": ROOT / "docs" / "robustness.md",
     "benchmarks/results/attacks_aggregators.json": ROOT / "docs" / "robustness.md",
+    "benchmarks/results/frain_ablations.json": ROOT / "docs" / "experiments.md",
 }
 """Tables that live on another page than docs/performance.md."""
 

@@ -10,44 +10,48 @@ stale proposals reach the merge with their full weight the staleness factor is o
 (``adaptive.kind: constant``, the authors' default) and there is no staleness limit
 (``max_staleness: null``). A probe wraps ``Frain.merged`` (it records, it does not change the
 result) and measures at every merge the angle between ``w_G`` and the proposal per parameter
-tensor, their norm ratio and ``‖slerp − lerp‖ / ‖lerp‖``. Prints a table (final and best accuracy,
-mean ± sd; the paired gap SLERP − LERP per seed, mean ± sd; mean staleness of applied proposals;
-merge geometry) and draws the gap against the mean staleness.
+tensor and ``‖slerp − lerp‖ / ‖lerp‖``; α is read from the events trace (column ``alpha``).
 
 ``disruptors``: FRAIN (the scenario as it is) with ``round(f · 21)`` random-score scorers for each
-fraction ``f``; prints accuracy, nullified models applied, honest proposals rejected, and the chance
-that a committee of 11 drawn from 21 holds a lying majority (hypergeometric, exact).
+fraction ``f``: accuracy, nullified models applied against the exact chance that one passes, and
+the chance that a committee of 11 drawn from 21 holds a lying majority (hypergeometric, exact).
 
-    python benchmarks/experiments/frain_ablations.py staleness --seeds 0 1 2 3 4 \
-        --delays 0 2 5 15 --jobs 2 --out docs/img
-    python benchmarks/experiments/frain_ablations.py disruptors --seeds 0 1 2 \
-        --fractions 0 0.2 0.4 0.6 --jobs 2 --out docs/img
+Every figure is a mean over seeds ± the half-width of its 95 % Student-t interval, and a
+comparison says "A beats B" only where the interval of the paired difference (same seeds) excludes
+0 (benchmarks/experiments/stats.py). Writes ``--out`` (JSON: the command, the seeds, one row per
+run) and prints :func:`table`, which ends with a verdict per claim of the seed.
+
+    python benchmarks/experiments/frain_ablations.py --seeds 0 1 2 3 4 --jobs 2 \
+        --out benchmarks/results/frain_ablations.json
+
+``--table FILE`` prints the tables of an existing results file (no runs).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import shlex
 import sys
-import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from censored import experiment_parser, run_and_write
+from stats import NO_DIFFERENCE, interval, paired, verdict
 
 import fedsim
 from fedsim.algorithms.brain import Frain
 from fedsim.algorithms.merging import lerp, slerp
 
-SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "frain_nullifiers.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = ROOT / "scenarios" / "frain_nullifiers.yaml"
 STALENESS_SETS = ["algorithm.adaptive.kind=constant", "algorithm.max_staleness=null"]
 NODES, COMMITTEE = 21, 11
+PRESETS = {"cpu": {"dataset": "mnist1d", "time_s": 150.0}}
+"""Only a CPU preset: the seed's CIFAR-10 setting is not sized here (see docs/experiments.md)."""
 
 
 # -- merge geometry probe -------------------------------------------------------------------------
@@ -92,184 +96,69 @@ def merge_probe() -> Iterator[list[dict]]:
 
 
 # -- one run ------------------------------------------------------------------------------------------
-def one_run(task: tuple[str, dict, list[str]]) -> dict:
-    """Run one scenario variant (in a worker process); return its row of the table."""
-    kind, keys, sets = task
+def one_run(task: tuple[str, dict, int, list[str]]) -> dict:
+    """Run one variant on one seed (in a worker process); return its row of the results file."""
+    study, keys, seed, sets = task
     torch.set_num_threads(1)
     with merge_probe() as log:
-        result = fedsim.run(SCENARIO, sets, save=False)
+        result = fedsim.run(SCENARIO, [*sets, f"seed={seed}"], save=False)
     s, ev = result.summary, result.events
-    jobs = ev[ev["status"].isin(["applied", "rejected", "late"])]
-    honest = jobs[~jobs["byzantine"]]
-    geo = pd.DataFrame(log)
+    applied = ev[ev["status"] == "applied"]
+    scored = ev[(ev["status"] == "applied") | (ev["reason"] == "score")]
+    honest = scored[~scored["byzantine"]]
+
+    def mean_of(col: str) -> float:
+        values = [g[col] for g in log if not math.isnan(g[col])]
+        return float(np.mean(values)) if values else math.nan
+
     row = {
+        "study": study,
         **keys,
-        "seed": s["seed"],
+        "seed": seed,
+        "device": s.get("device", "cpu"),
         "final_acc": s["final_accuracy"],
         "best_acc": s["best_accuracy"],
-        "applied": int((jobs["status"] == "applied").sum()),
+        "applied": len(applied),
         "honest_rejected": int((honest["status"] == "rejected").sum()),
-        "honest_scored": int(honest["status"].isin(["applied", "rejected"]).sum()),
-        "nullified_applied": s["byzantine_applied"],
-        "nullified_scored": int(
-            jobs[jobs["byzantine"]]["status"].isin(["applied", "rejected"]).sum()
-        ),
+        "honest_scored": len(honest),
+        "nullified_applied": int(applied["byzantine"].sum()),
+        "nullified_scored": int(scored["byzantine"].sum()),
         "mean_staleness": s["mean_staleness"],
-        "max_staleness": float(ev.loc[ev["status"] == "applied", "staleness"].max()),
+        "alpha": float(applied["alpha"].mean()) if len(applied) else math.nan,
+        "angle_deg": mean_of("angle_deg"),
+        "max_angle_deg": mean_of("max_angle_deg"),
+        "slerp_vs_lerp": mean_of("slerp_vs_lerp"),
         "wall_s": s["wall_time_s"],
     }
-    for col in ("alpha", "angle_deg", "max_angle_deg", "log_norm_ratio", "slerp_vs_lerp"):
-        row[col] = float(geo[col].mean()) if len(geo) else math.nan
-    print(f"{kind} {keys} seed {s['seed']}: final {row['final_acc']:.3f} "
+    print(f"{study} {keys} seed {seed}: final {row['final_acc']:.3f} "
           f"({row['wall_s']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
     return row
 
 
-def run_all(tasks: list[tuple[str, dict, list[str]]], jobs: int) -> pd.DataFrame:
-    if jobs <= 1:
-        return pd.DataFrame([one_run(t) for t in tasks])
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return pd.DataFrame(list(pool.map(one_run, tasks)))
-
-
-def ms(values: pd.Series, fmt: str = ".3f") -> str:
-    """``mean ± sd`` (sample sd; a ``+`` in ``fmt`` signs the mean only)."""
-    return f"{values.mean():{fmt}} ± {values.std(ddof=1):{fmt.replace('+', '')}}"
-
-
-# -- SLERP vs LERP under staleness --------------------------------------------------------------------
-def staleness_tasks(args: argparse.Namespace) -> list[tuple[str, dict, list[str]]]:
+def tasks_for(args) -> list[tuple[str, dict, int, list[str]]]:
+    horizon = [f"stop.time_s={args.time_s}", f"data.dataset={args.dataset or 'mnist1d'}"]
+    if args.data_path:
+        horizon.append(f"data.path={args.data_path}")
+    if args.device:
+        horizon.append(f"device={args.device}")
     tasks = []
-    for delay in args.delays:
-        for merge in ("slerp", "lerp"):
-            for seed in args.seeds:
-                sets = [
-                    *STALENESS_SETS,
-                    f"algorithm.merge={merge}",
-                    f"algorithm.committee_delay_s={delay}",
-                    f"seed={seed}",
-                    f"stop.time_s={args.time_s}",
-                    *args.extra,
-                ]
-                tasks.append(("staleness", {"delay_s": delay, "merge": merge}, sets))
+    if "staleness" in args.studies:
+        for delay in args.delays:
+            for merge in ("slerp", "lerp"):
+                sets = [*STALENESS_SETS, f"algorithm.merge={merge}"]
+                sets += [f"algorithm.committee_delay_s={delay}", *horizon]
+                keys = {"delay_s": delay, "merge": merge}
+                tasks += [("staleness", keys, seed, sets) for seed in args.seeds]
+    if "disruptors" in args.studies:
+        for fraction in args.fractions:
+            count = round(fraction * NODES)
+            sets = [f"algorithm.disruptors={count}", *horizon]
+            keys = {"fraction": fraction, "disruptors": count}
+            tasks += [("disruptors", keys, seed, sets) for seed in args.seeds]
     return tasks
 
 
-def paired_gaps(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per delay level and seed: SLERP − LERP of final and best accuracy, and both staleness means."""
-    wide = frame.pivot_table(
-        index=["delay_s", "seed"],
-        columns="merge",
-        values=["final_acc", "best_acc", "mean_staleness"],
-    )
-    out = pd.DataFrame(
-        {
-            "gap_final": wide["final_acc"]["slerp"] - wide["final_acc"]["lerp"],
-            "gap_best": wide["best_acc"]["slerp"] - wide["best_acc"]["lerp"],
-            "staleness": (wide["mean_staleness"]["slerp"] + wide["mean_staleness"]["lerp"]) / 2,
-        }
-    )
-    return out.reset_index()
-
-
-def staleness_table(frame: pd.DataFrame, gaps: pd.DataFrame) -> str:
-    lines = [
-        "| delay (s) | mean staleness | merge | final accuracy | best accuracy | applied "
-        "| α | angle (°) | ‖slerp−lerp‖/‖lerp‖ |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (delay, merge), g in frame.groupby(["delay_s", "merge"], sort=False):
-        lines.append(
-            f"| {delay:g} | {ms(g.mean_staleness, '.1f')} | {merge.upper()} | {ms(g.final_acc)} "
-            f"| {ms(g.best_acc)} | {g.applied.mean():.0f} | {g.alpha.mean():.2f} "
-            f"| {g.angle_deg.mean():.1f} (max {g.max_angle_deg.mean():.0f}) "
-            f"| {100 * g.slerp_vs_lerp.mean():.2f} % |"
-        )
-    lines += [
-        "",
-        "| delay (s) | mean staleness | SLERP − LERP, final | SLERP − LERP, best | seeds SLERP ahead |",
-        "|---|---|---|---|---|",
-    ]
-    for delay, g in gaps.groupby("delay_s", sort=False):
-        lines.append(
-            f"| {delay:g} | {g.staleness.mean():.1f} | {ms(g.gap_final, '+.3f')} "
-            f"| {ms(g.gap_best, '+.3f')} | {(g.gap_final > 0).sum()}/{len(g)} |"
-        )
-    return "\n".join(lines)
-
-
-def staleness_figure(frame: pd.DataFrame, gaps: pd.DataFrame) -> Figure:
-    """Left: final accuracy of each merge rule; right: the paired gap, both against staleness."""
-    fig = Figure(figsize=(9.6, 4.0), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    levels = gaps.groupby("delay_s", sort=True)
-    x = levels.staleness.mean()
-    span = float(x.max() - x.min()) if len(x) > 1 else 1.0
-    for merge, shift, marker in (("slerp", -0.01, "o"), ("lerp", 0.01, "s")):
-        g = frame[frame["merge"] == merge].groupby("delay_s", sort=True)
-        left.errorbar(
-            g.mean_staleness.mean() + shift * span,
-            g.final_acc.mean(),
-            xerr=g.mean_staleness.std(ddof=1),
-            yerr=g.final_acc.std(ddof=1),
-            marker=marker,
-            capsize=3,
-            label=merge.upper(),
-        )
-    left.set_ylabel("final test accuracy (150 s)")
-    left.set_title("accuracy: mean ± 1 sd over seeds", fontsize=9)
-    left.legend(fontsize=8, loc="lower left")
-    for col, label, shift, marker in (
-        ("gap_final", "final accuracy", -0.012, "o"),
-        ("gap_best", "best accuracy", 0.012, "s"),
-    ):
-        line = right.errorbar(
-            x + shift * span,
-            levels[col].mean(),
-            yerr=levels[col].std(ddof=1),
-            marker=marker,
-            capsize=4,
-            label=f"{label} (mean ± 1 sd)",
-        )
-        level_x = gaps["delay_s"].map(x)  # each seed at its level's mean staleness
-        right.scatter(
-            level_x + shift * span,
-            gaps[col],
-            s=10,
-            alpha=0.35,
-            color=line[0].get_color(),
-            label=f"{label}, one seed",
-        )
-    right.axhline(0.0, color="grey", lw=0.8, ls="--")
-    right.set_ylabel("accuracy gap, SLERP − LERP (same seed)")
-    right.set_title("paired gap; above 0 = SLERP better", fontsize=9)
-    right.legend(fontsize=7, loc="lower left", ncols=2)
-    right.set_xlim(left.get_xlim())  # one staleness scale; keeps the level labels inside
-    for ax in (left, right):
-        low, high = ax.get_ylim()
-        ax.set_ylim(low - 0.25 * (high - low), high + 0.08 * (high - low))
-        ax.set_xlabel("mean staleness of applied proposals (versions behind)")
-        for xi, delay in zip(x, x.index, strict=True):
-            ax.annotate(
-                f"delay {delay:g} s",
-                (xi, 1.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(0, -10),
-                textcoords="offset points",
-                ha="center",
-                fontsize=7,
-                color="grey",
-            )
-    n_seeds = gaps["seed"].nunique()
-    fig.suptitle(
-        f"FRAIN on mnist1d, 21 nodes (10 nullifiers), staleness factor off, no limit S; "
-        f"{n_seeds} seeds. Staleness raised by the committee delay",
-        fontsize=9,
-    )
-    return fig
-
-
-# -- disruptors -----------------------------------------------------------------------------------------
+# -- disruptors: exact chances ---------------------------------------------------------------------------
 def lying_majority(liars: int, nodes: int = NODES, committee: int = COMMITTEE) -> float:
     """P(more than half of a committee drawn without replacement are liars) (hypergeometric)."""
     need = committee // 2 + 1
@@ -301,84 +190,181 @@ def nullifier_acceptance(liars: int, classes: int = 10, threshold: float = 0.2) 
     return p
 
 
-def disruptor_tasks(args: argparse.Namespace) -> list[tuple[str, dict, list[str]]]:
-    tasks = []
-    for fraction in args.fractions:
-        count = round(fraction * NODES)
-        for seed in args.seeds:
-            sets = [
-                f"algorithm.disruptors={count}",
-                f"seed={seed}",
-                f"stop.time_s={args.time_s}",
-                *args.extra,
-            ]
-            tasks.append(("disruptors", {"fraction": fraction, "disruptors": count}, sets))
-    return tasks
+# -- tables -------------------------------------------------------------------------------------------
+def _seeds(rows: list[dict], col: str, **match) -> dict[int, float]:
+    return {r["seed"]: r[col] for r in rows if all(r.get(k) == v for k, v in match.items())}
 
 
-def disruptor_table(frame: pd.DataFrame) -> str:
+def _ci(values: dict[int, float], fmt: str = ".3f") -> str:
+    return interval(list(values.values())).format(fmt)
+
+
+def _avg(rows: list[dict], col: str, **match) -> float:
+    values = list(_seeds(rows, col, **match).values())
+    return math.fsum(values) / len(values)
+
+
+def staleness_table(rows: list[dict]) -> tuple[str, list[str]]:
+    """The tables of the staleness study and the verdict of each delay level."""
+    delays = list(dict.fromkeys(r["delay_s"] for r in rows))
     lines = [
-        "| disruptors (of 21) | per committee of 11 (mean) | P(lying majority) | final accuracy "
-        "| best accuracy | nullified applied / scored | P(nullifier passes): measured "
-        "| exact | honest rejected |",
+        "| delay (s) | merge | mean staleness | final accuracy | best accuracy | applied | α "
+        "| angle (°) | ‖slerp−lerp‖/‖lerp‖ |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (fraction, count), g in frame.groupby(["fraction", "disruptors"], sort=False):
-        known = g.nullified_scored.notna().all()  # not recorded in a CSV written before the column
-        scored = f"{g.nullified_scored.mean():.0f}" if known else "–"
-        rate = g.nullified_applied.sum() / g.nullified_scored.sum() if known else math.nan
-        measured = f"{rate:.3f}" if known else "0"
+    for delay in delays:
+        for merge in ("slerp", "lerp"):
+            m = {"delay_s": delay, "merge": merge}
+            lines.append(
+                f"| {delay:g} | {merge.upper()} | {_ci(_seeds(rows, 'mean_staleness', **m), '.1f')} "
+                f"| {_ci(_seeds(rows, 'final_acc', **m))} | {_ci(_seeds(rows, 'best_acc', **m))} "
+                f"| {_avg(rows, 'applied', **m):.0f} | {_avg(rows, 'alpha', **m):.2f} "
+                f"| {_avg(rows, 'angle_deg', **m):.1f} (max {_avg(rows, 'max_angle_deg', **m):.0f}) "
+                f"| {100 * _avg(rows, 'slerp_vs_lerp', **m):.2f} % |"
+            )
+    lines += [
+        "",
+        "Paired gap SLERP − LERP (same seed: same data split, same node speeds), 95 % interval:",
+        "",
+        "| delay (s) | SLERP − LERP, final | verdict | SLERP − LERP, best | seeds SLERP ahead |",
+        "|---|---|---|---|---|",
+    ]
+    verdicts = []
+    per_seed: dict[str, dict[int, list[float]]] = {"final_acc": {}, "best_acc": {}}
+    for delay in delays:
+        cells = {}
+        for col in per_seed:
+            a = _seeds(rows, col, delay_s=delay, merge="slerp")
+            b = _seeds(rows, col, delay_s=delay, merge="lerp")
+            cells[col] = paired(a, b)
+            for seed in a:
+                per_seed[col].setdefault(seed, []).append(a[seed] - b[seed])
+        a = _seeds(rows, "final_acc", delay_s=delay, merge="slerp")
+        b = _seeds(rows, "final_acc", delay_s=delay, merge="lerp")
+        verdicts.append(verdict("SLERP", "LERP", cells["final_acc"]))
+        lines.append(
+            f"| {delay:g} | {cells['final_acc'].format('+.3f')} | {verdicts[-1]} "
+            f"| {cells['best_acc'].format('+.3f')} | {sum(a[k] > b[k] for k in a)}/{len(a)} |"
+        )
+    pooled = {col: interval([np.mean(v) for v in d.values()]) for col, d in per_seed.items()}
+    verdicts.append(verdict("SLERP", "LERP", pooled["final_acc"]))
+    lines.append(
+        f"| all (per-seed mean over levels) | {pooled['final_acc'].format('+.3f')} "
+        f"| {verdicts[-1]} | {pooled['best_acc'].format('+.3f')} | – |"
+    )
+    return "\n".join(lines), verdicts
+
+
+def disruptor_table(rows: list[dict]) -> tuple[str, dict]:
+    """The table of the disruptor study and the facts the claims need."""
+    counts = list(dict.fromkeys((r["fraction"], r["disruptors"]) for r in rows))
+    lines = [
+        "| disruptors (of 21) | liars per committee of 11 (mean) | P(lying majority) "
+        "| final accuracy | − none, paired | verdict | nullified applied / scored "
+        "| P(nullifier passes): measured | exact | honest rejected |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = _seeds(rows, "final_acc", disruptors=counts[0][1])
+    facts = {}
+    for fraction, count in counts:
+        sub = [r for r in rows if r["disruptors"] == count]
+        acc = _seeds(rows, "final_acc", disruptors=count)
+        diff = paired(acc, base)
+        said = (
+            verdict(f"{count} disruptors", f"{counts[0][1]} disruptors", diff)
+            if count != counts[0][1]
+            else "–"
+        )
+        applied = sum(r["nullified_applied"] for r in sub)
+        scored = sum(r["nullified_scored"] for r in sub)
+        facts[count] = (lying_majority(count), applied, said)
         lines.append(
             f"| {count} ({fraction:g}) | {COMMITTEE * count / NODES:.1f} "
-            f"| {lying_majority(count):.3f} | {ms(g.final_acc)} | {ms(g.best_acc)} "
-            f"| {g.nullified_applied.mean():.0f} / {scored} | {measured} "
+            f"| {lying_majority(count):.3f} | {_ci(acc)} "
+            f"| {diff.format('+.3f') if count != counts[0][1] else '–'} | {said} "
+            f"| {applied / len(sub):.0f} / {scored / len(sub):.0f} "
+            f"| {applied / scored if scored else math.nan:.3f} "
             f"| {nullifier_acceptance(count):.3f} "
-            f"| {g.honest_rejected.sum() / g.honest_scored.sum():.0%} |"
+            f"| {sum(r['honest_rejected'] for r in sub) / sum(r['honest_scored'] for r in sub):.0%} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines), facts
+
+
+def table(results: dict) -> str:
+    """The Markdown tables of a results file, then a verdict per claim of the seed."""
+    rows = results["rows"]
+    n = len(results["seeds"])
+    out = [f"Mean ± 95 % interval over {n} seeds (counts, α and geometry: means over seeds)."]
+    claims = []
+    stale = [r for r in rows if r["study"] == "staleness"]
+    if stale:
+        text, verdicts = staleness_table(stale)
+        out += ["", "**SLERP vs LERP under staleness**", "", text]
+        wins = sum(v == "SLERP beats LERP" for v in verdicts[:-1])
+        said = (
+            "reproduced"
+            if wins == len(verdicts) - 1
+            else "partly"
+            if wins or verdicts[-1] == "SLERP beats LERP"
+            else "not reproduced"
+        )
+        claims.append(
+            f"| SLERP merges better than LERP under staleness | {said} | SLERP beats LERP at "
+            f"{wins} of {len(verdicts) - 1} delay levels; over all levels: {verdicts[-1]} |"
+        )
+    dis = [r for r in rows if r["study"] == "disruptors"]
+    if dis:
+        text, facts = disruptor_table(dis)
+        out += ["", "**Disruptors**", "", text]
+        safe = [c for c, (p, _, _) in facts.items() if p == 0.0 and c > 0]
+        unsafe = [c for c, (p, _, _) in facts.items() if p > 0.5]
+        held = all(facts[c][1] == 0 and facts[c][2] == NO_DIFFERENCE for c in safe)
+        broke = all(facts[c][1] > 0 for c in unsafe)
+        if safe:
+            said = (
+                "reproduced"
+                if held
+                else "partly"
+                if all(facts[c][1] == 0 for c in safe)
+                else "not reproduced"
+            )
+            claims.append(
+                f"| Disruptors are tolerated while they cannot hold a committee majority | {said} "
+                f"| {', '.join(map(str, safe))} disruptors: no lying majority possible; nullified "
+                f"applied: {', '.join(str(facts[c][1]) for c in safe)}; accuracy against none: "
+                f"{', '.join(facts[c][2] for c in safe)} |"
+            )
+        if unsafe:
+            claims.append(
+                f"| … and not beyond it | {'reproduced' if broke else 'not reproduced'} "
+                f"| {', '.join(map(str, unsafe))} disruptors: nullified applied "
+                f"{', '.join(str(facts[c][1]) for c in unsafe)} (all seeds) |"
+            )
+    out += ["", "| claim of the seed | here | evidence |", "|---|---|---|", *claims]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=["staleness", "disruptors"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = experiment_parser(
+        __doc__, PRESETS, ["mnist1d", "cifar10"], ROOT / "benchmarks/results/frain_ablations.json"
+    )
+    parser.add_argument(
+        "--studies",
+        nargs="+",
+        choices=["staleness", "disruptors"],
+        default=["staleness", "disruptors"],
+    )
     parser.add_argument("--delays", type=float, nargs="+", default=[0, 2, 5, 15])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0, 0.2, 0.4, 0.6])
-    parser.add_argument("--time-s", type=float, default=150.0, help="simulated horizon")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes")
-    parser.add_argument("--out", type=Path, default=Path("docs/img"), help="output directory")
-    parser.add_argument(
-        "--replot",
-        action="store_true",
-        help="redraw the table (and figure) from the CSV in --out, no runs",
-    )
-    parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides")
+    parser.add_argument("--time-s", type=float, default=PRESETS["cpu"]["time_s"])
     args = parser.parse_args(argv)
+    if args.table:
+        import json
+
+        print(table(json.loads(args.table.read_text(encoding="utf-8"))))
+        return
     torch.set_num_threads(1)
-    started = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.study == "staleness":
-        csv = args.out / "frain_slerp_vs_lerp.csv"
-        if args.replot:
-            frame = pd.read_csv(csv)
-        else:
-            frame = run_all(staleness_tasks(args), args.jobs)
-            frame.to_csv(csv, index=False)
-        gaps = paired_gaps(frame)
-        staleness_figure(frame, gaps).savefig(args.out / "frain_slerp_vs_lerp.png", dpi=120)
-        print(staleness_table(frame, gaps))
-    else:
-        csv = args.out / "frain_disruptors.csv"
-        if args.replot:
-            frame = pd.read_csv(csv)
-        else:
-            frame = run_all(disruptor_tasks(args), args.jobs)
-            frame.to_csv(csv, index=False)
-        print(disruptor_table(frame))
-    print(
-        f"\n{len(frame)} runs in {time.perf_counter() - started:.0f} s wall; command: "
-        f"python {shlex.join(sys.argv)}"
-    )
+    run_and_write(one_run, tasks_for(args), args, argv, table, time_s=args.time_s)
 
 
 if __name__ == "__main__":
