@@ -9,8 +9,10 @@ scenario gives it back exactly, is kept out by reference (a reducer per type tha
 dataset on its device, the progress and callback hooks.
 
 It is written to ``RUN_DIR/checkpoint.pkl`` through a temporary file and a rename; it records how
-many trace parts were on disk and holds the rows not yet written, so a resume drops the parts
-written after it and goes on with those rows. The result equals a run never interrupted (tested after
+many trace parts were on disk and how far the spill file of the next part goes (the rows recorded
+but not yet in a part: each checkpoint appends only the rows new since the previous one, see
+:meth:`fedsim.recorder.TraceWriter.spill`), so a resume drops the parts written after it and goes
+on with those rows. The result equals a run never interrupted (tested after
 SIGKILL at random moments).
 
 Algorithms whose state lives in a running SimPy process (a generator: FedAvg's round loop, the
@@ -30,15 +32,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import simpy
+import torch
 
 from fedsim.errors import ScenarioError, SimulationError
+from fedsim.recorder import TraceWriter
+from fedsim.rundir import writing
 
 if TYPE_CHECKING:
     from fedsim.scenario import Scenario
     from fedsim.simulation import Simulation
 
 CHECKPOINT = "checkpoint.pkl"
-FORMAT = 1
+FORMAT = 2
 _EXTERNAL = ("trainer", "evaluator", "data", "progress", "callbacks")
 """Simulation attributes rebuilt by a fresh build instead of being saved."""
 
@@ -59,6 +64,18 @@ def unsupported(scenario: Scenario) -> str | None:
     if hasattr(scenario.algorithm, "tasks"):
         return f"algorithm {scenario.algorithm.name} builds a trainer per task, not saved yet"
     return None
+
+
+def over_budget(sim: Simulation) -> bool:
+    """Whether saving one more checkpoint now (at the mean cost so far) would take the time spent
+    on checkpoints past ``output.checkpoint_max_overhead`` of the run's wall time: a periodic
+    checkpoint is then skipped. The first one is always taken."""
+    limit = sim.scenario.output.checkpoint_max_overhead
+    if limit is None or not sim.checkpoints:
+        return False
+    spent = sim.checkpoint_wall_s
+    elapsed = time.perf_counter() - sim._started
+    return spent + spent / sim.checkpoints > limit * elapsed
 
 
 def check(scenario: Scenario) -> None:
@@ -107,6 +124,41 @@ def _reducer(tags: dict[int, str]) -> Any:
     return reduce
 
 
+def _tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+
+
+def _tensor_state(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """A plain CPU tensor by its bytes: torch's own reduction writes a small torch.save archive per
+    tensor (about ten times slower for the models and updates of a checkpoint). A view comes back
+    as a tensor of its own (the algorithms never write into a tensor they share)."""
+    if (
+        tensor.device.type != "cpu"
+        or tensor.requires_grad
+        or not tensor.is_contiguous()
+        or type(tensor) is not torch.Tensor
+        or tensor.dtype not in _PLAIN_DTYPES
+    ):
+        return tensor.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    return _tensor_from_bytes, (tensor.numpy().tobytes(), tensor.dtype, tuple(tensor.shape))
+
+
+_PLAIN_DTYPES = frozenset(
+    {torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
+     torch.int8, torch.uint8, torch.bool}
+)  # fmt: skip
+
+
+def _new_writer() -> TraceWriter:
+    return TraceWriter.__new__(TraceWriter)
+
+
+def _writer_state(writer: TraceWriter) -> tuple[Any, ...]:
+    return _new_writer, (), writer.unspilled_state()
+
+
 class _Pickler(pickle.Pickler):
     """Pickles by type: the rebuilt objects' classes and SimPy's environment have their own
     reducers (a per-type table, so the millions of plain objects pay nothing extra)."""
@@ -118,6 +170,8 @@ class _Pickler(pickle.Pickler):
         for obj in external.values():
             table[type(obj)] = _reducer(tags)
         table[simpy.Environment] = _environment_state
+        table[TraceWriter] = _writer_state
+        table[torch.Tensor] = _tensor_state
         self.dispatch_table = table
 
 
@@ -127,8 +181,8 @@ def _externals(sim: Simulation) -> dict[str, Any]:
 
 def save(sim: Simulation, path: Path) -> None:
     """Write ``sim``'s state atomically to ``path``."""
-    # The rows not yet on disk travel inside the checkpoint (no part is written for it); a resume
-    # drops the parts written after it.
+    # The rows not yet in a part go to the spill files, not into the checkpoint (so each row is
+    # pickled once); a resume drops the parts written after it and reads the rows back.
     objects = {k: v for k, v in _externals(sim).items() if v is not None}
     pending = list(getattr(sim.trainer, "_pending", ()) or ())
     state = {
@@ -139,11 +193,17 @@ def save(sim: Simulation, path: Path) -> None:
         "parts": {"events": sim.events.part_count, "evals": sim.evals.part_count},
         "elapsed_s": time.perf_counter() - sim._started,
     }
+    writers = (sim.events, sim.evals)
+    for writer in writers:
+        writer.spill()  # the buffered rows: only those new since the last checkpoint are written
     buffer = io.BytesIO()
     _Pickler(buffer, objects).dump(state)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
+    with writing(path, tmp):  # a full disk keeps the previous checkpoint
+        tmp.write_bytes(buffer.getbuffer())
     os.replace(tmp, path)
+    for writer in writers:
+        writer.drop_old_spills()
 
 
 def load(fresh: Simulation, path: Path) -> Simulation:
@@ -163,8 +223,14 @@ def load(fresh: Simulation, path: Path) -> Simulation:
     sim.env._eid = itertools.count(sim.env._eid)
     if hasattr(fresh.trainer, "_pending"):
         fresh.trainer._pending.update(dict.fromkeys(state["pending"]))
-    sim.events.truncate_parts(state["parts"]["events"])
-    sim.evals.truncate_parts(state["parts"]["evals"])
+    for writer, name in ((sim.events, "events"), (sim.evals, "evals")):
+        writer.truncate_parts(state["parts"][name])
+        try:
+            writer.restore_rows()
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+            raise ScenarioError(
+                f"{path}: the rows it refers to are not readable ({type(exc).__name__}: {exc})"
+            ) from None
     sim._started = time.perf_counter() - state["elapsed_s"]
     sim.resumed_from = float(sim.env.now)
     return sim

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from fedsim.rundir import writing
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -108,7 +111,8 @@ were flushed (by row count or by the wall-clock timer)."""
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` through a temporary file and a rename: never a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
+    with writing(path, tmp):
+        pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
@@ -137,6 +141,13 @@ class TraceWriter:
         self.companion: TraceWriter | None = None
         """Flushed whenever this writer flushes (evals go to disk at least as often as events)."""
         self.parts_dir = path.with_name(path.name + ".parts") if path is not None else None
+        # Checkpoints: the first ``_spilled`` buffered rows are also in the spill file of part
+        # ``_spill_part`` (its first ``_spill_bytes`` bytes), so a checkpoint need not hold them.
+        self._spilled = 0
+        self._spill_part = -1
+        self._spill_bytes = 0
+        self._stale_spills: list[int] = []
+        """Parts written since the last checkpoint whose spill files it may still need."""
 
     def append(self, row: tuple) -> None:
         self.rows.append(row)
@@ -145,7 +156,7 @@ class TraceWriter:
 
     def _to_table(self, rows: list[tuple]) -> pa.Table:
         # One itemgetter pass per column: zip(*rows) with ~1e5 arguments is several times slower.
-        width = min(len(self.schema), *map(len, rows))  # the columns every row has
+        width = min([len(self.schema), *map(len, rows)])  # the columns every row has (none: all)
         columns = [list(map(itemgetter(i), rows)) for i in range(width)]
         # Optional trailing columns: a row without its value (not a merge, say) holds a null there.
         columns += [
@@ -171,6 +182,77 @@ class TraceWriter:
                 self._parts += 1
         if self.companion is not None:
             self.companion.flush()
+
+    def _spill_path(self, part: int) -> Path:
+        return self.parts_dir / f"rows-{part:05d}.pkl"
+
+    def spill(self) -> None:
+        """Append the rows buffered since the last spill to the spill file of the next part (a
+        checkpoint records how far it goes instead of holding every buffered row, so each row is
+        pickled once, not at every checkpoint until its part is written)."""
+        if self.parts_dir is None:
+            return
+        if self._spill_part != self._parts:  # a part was written: its rows start a new file
+            if self._spill_part >= 0:
+                self._stale_spills.append(self._spill_part)
+            self._spill_part, self._spilled, self._spill_bytes = self._parts, 0, 0
+        new = self.rows[self._spilled :]
+        if not new and self._spill_bytes:
+            return
+        data = pickle.dumps(new, protocol=pickle.HIGHEST_PROTOCOL)
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        path = self._spill_path(self._parts)
+        # A failed append leaves bytes past what the last checkpoint knows of: a resume cuts them.
+        with writing(path), path.open("r+b" if self._spill_bytes else "wb") as file:
+            file.seek(self._spill_bytes)
+            file.write(data)
+            file.truncate()
+        self._spill_bytes += len(data)
+        self._spilled = len(self.rows)
+
+    def drop_old_spills(self) -> None:
+        """Remove the spill files of parts already written (the last checkpoint no longer needs
+        them)."""
+        for part in self._stale_spills:
+            self._spill_path(part).unlink(missing_ok=True)
+        self._stale_spills = []
+
+    def unspilled_state(self) -> dict:
+        """This writer's attributes for a checkpoint: the rows of the spill file left out (see
+        :meth:`spill`; :meth:`restore_rows` reads them back)."""
+        state = dict(vars(self))
+        if self._spill_part != self._parts:  # nothing of this part spilled
+            state["_spilled"], state["_spill_part"], state["_spill_bytes"] = 0, self._parts, 0
+        state["rows"] = self.rows[state["_spilled"] :]
+        state["_stale_spills"] = []  # removed once this checkpoint is in place
+        return state
+
+    def restore_rows(self) -> None:
+        """After a resume: the spilled rows read back in front of the saved ones; the spill file
+        cut to what the checkpoint knew of, and the other spill files removed."""
+        if self.parts_dir is None:
+            return
+        self._spill_part = self._parts
+        path = self._spill_path(self._parts)
+        rows: list[tuple] = []
+        if not self._spill_bytes:
+            path.unlink(missing_ok=True)
+        else:
+            rows = self._read_spill(path)
+        if len(rows) != self._spilled:
+            raise ValueError(f"{path}: {len(rows)} rows, the checkpoint expects {self._spilled}")
+        self.rows = rows + self.rows
+        for old in self.parts_dir.glob("rows-*.pkl"):  # of parts the resume dropped
+            if old != path:
+                old.unlink()
+
+    def _read_spill(self, path: Path) -> list[tuple]:
+        rows: list[tuple] = []
+        with path.open("r+b") as file:
+            file.truncate(self._spill_bytes)
+            while file.tell() < self._spill_bytes:
+                rows.extend(pickle.load(file))
+        return rows
 
     @property
     def part_count(self) -> int:
@@ -280,7 +362,7 @@ def merge_parts(parts: list[Path], out: Path, schema: pa.Schema, *, block_rows: 
     pending: list[pa.Table] = []
     pending_rows = 0
     total = 0
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with writing(out, tmp), pq.ParquetWriter(tmp, schema) as writer:
         while True:
             for cursor in live:
                 if cursor.empty and not cursor.done:

@@ -9,15 +9,17 @@ pid keeps a second run out; a lock left by a killed run (its pid gone) is taken 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fedsim.errors import ScenarioError
+from fedsim.errors import ScenarioError, SimulationError
 
 MARKER = ".fedsim-run"
 """Written first into every run directory: fedsim's version and the scenario hash."""
@@ -31,6 +33,36 @@ RUN_FILES = (*TRACE_FILES, "summary.json", "scenario.yaml", MARKER, CHECKPOINT, 
 RUN_DIRS = ("plots", "models", *(f"{name}.parts" for name in TRACE_FILES))
 SaveModels = Literal["final", "none", "every_eval"]
 """``output.save_models``: which models a run keeps in ``RUN_DIR/models/``."""
+
+
+FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""A write failed for want of room: the disk is full, a quota is used up, or a file-size limit
+(``ulimit -f``) is reached; all three stop a run the same way."""
+
+
+class DiskFullError(SimulationError):
+    """The disk filled while a run wrote ``path``: the run stops there, keeping what it had written
+    (exit status 1)."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@contextlib.contextmanager
+def writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` (through the temporary file ``tmp``, removed then)
+    into a :class:`DiskFullError` naming it; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in FULL_DISK:
+            raise
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        reason = os.strerror(exc.errno)
+        raise DiskFullError(f"disk full: could not write {path} ({reason})", path) from None
 
 
 def _has_run_files(path: Path) -> bool:
@@ -149,7 +181,8 @@ def claim(
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "pid": os.getpid(),
         }
-        (path / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        with writing(path / MARKER):
+            (path / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     except BaseException:
         lock.release()
         raise

@@ -145,6 +145,12 @@ class OutputConfig(Section):
     checkpoint_every_wall_s: PositiveFloat | None = None
     """Also (or instead) every this many wall-clock seconds. With either key, Ctrl-C and SIGTERM
     save a checkpoint at the stop too."""
+    checkpoint_max_overhead: float | None = Field(0.05, gt=0, le=1)
+    """Skip a checkpoint due by checkpoint_every_s when saving it would take the wall time spent
+    on checkpoints past this fraction of the run's wall time so far (a run with a large state
+    that covers the interval in milliseconds, such as 100,000 clients timing-only, then saves less
+    often than asked; summary.json counts checkpoints_skipped). null: never skip. Wall-clock and
+    Ctrl-C checkpoints are never skipped."""
     save_models: SaveModels = "final"
     """Models kept in ``RUN_DIR/models/``: ``final`` (every server's last model, as a state dict
     ``server-S.pt`` that ``load_state_dict`` takes), ``every_eval`` (also one per evaluation, listed

@@ -203,6 +203,9 @@ class Simulation:
         self.threads: ThreadChoice | None = None
         self.evaluations = 0
         self.checkpoints = 0
+        self.checkpoints_skipped = 0
+        self.checkpoint_wall_s = 0.0
+        """Wall-clock seconds spent saving checkpoints (``output.checkpoint_max_overhead``)."""
         self.resumed_from: float | None = None
         self._last_checkpoint = 0.0
         self._wall_checkpoint_pending = False
@@ -406,8 +409,14 @@ class Simulation:
 
     def _checkpoint_due(self, _event: simpy.Event) -> None:
         """A periodic checkpoint event: the next one is scheduled, and this step ends, so that the
-        run loop saves between two events."""
+        run loop saves between two events (unless saving now would exceed
+        ``output.checkpoint_max_overhead``: then it is skipped and counted)."""
+        from fedsim import checkpoint
+
         self._schedule_checkpoint()
+        if checkpoint.over_budget(self):
+            self.checkpoints_skipped += 1
+            return
         raise _CheckpointNow
 
     def _wall_checkpoint_due(self, _event: simpy.Event) -> None:
@@ -428,9 +437,10 @@ class Simulation:
         """Save the run's state now (between two events) to ``RUN_DIR/checkpoint.pkl``."""
         from fedsim import checkpoint
 
-        self._last_checkpoint = time.perf_counter()
+        self._last_checkpoint = started = time.perf_counter()
         checkpoint.save(self, self.run_dir / checkpoint.CHECKPOINT)
         self.checkpoints += 1
+        self.checkpoint_wall_s += time.perf_counter() - started
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> Result:
@@ -451,7 +461,11 @@ class Simulation:
         self._started = time.perf_counter()
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "scenario.yaml").write_text(self.scenario.to_yaml())
+            path = self.run_dir / "scenario.yaml"
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            with rundir.writing(path, tmp):
+                tmp.write_text(self.scenario.to_yaml())
+            os.replace(tmp, path)
         env = self.env
         horizon = self.scenario.stop.time_s
         if horizon is not None:
@@ -484,6 +498,8 @@ class Simulation:
         try:
             with stop_on_signals(self.interrupt):
                 self._loop()
+        except rundir.DiskFullError as exc:
+            raise self._disk_full(exc) from None
         except (ScenarioError, SimulationError) as exc:
             self._finish(error=str(exc))
             raise
@@ -497,15 +513,33 @@ class Simulation:
             self._finish(error=message)
             raise SimulationError(message) from exc
         keep_parts = False
-        if self.stop_reason == "interrupted" and self._checkpointing():
-            self.save_checkpoint()  # a resume goes on from here, with these parts
-            keep_parts = True
-        if self.last_eval.get("sim_time") != env.now or not self.evals.total + len(self.evals.rows):
-            self.evaluate()
-        self.algorithm.finish()
-        for job in list(self.pool.open_jobs.values()):
-            self.record_job(job, "in_flight")  # still out at the stop: downloaded, never returned
-        return self._finish(keep_parts=keep_parts)
+        try:
+            if self.stop_reason == "interrupted" and self._checkpointing():
+                self.save_checkpoint()  # a resume goes on from here, with these parts
+                keep_parts = True
+            if self.last_eval.get("sim_time") != env.now or not (
+                self.evals.total + len(self.evals.rows)
+            ):
+                self.evaluate()
+            self.algorithm.finish()
+            for job in list(self.pool.open_jobs.values()):
+                self.record_job(job, "in_flight")  # still out at the stop: never returned
+            return self._finish(keep_parts=keep_parts)
+        except rundir.DiskFullError as exc:
+            raise self._disk_full(exc) from None
+
+    def _disk_full(self, exc: rundir.DiskFullError) -> rundir.DiskFullError:
+        """The disk filled: the run stops and writes nothing more, so the trace parts, the last
+        checkpoint and every file written before stay as they were (a half-written file was
+        removed); with a checkpoint, a resume goes on once there is room."""
+        hint = ""
+        if self.run_dir is not None and (self.run_dir / rundir.CHECKPOINT).is_file():
+            hint = f"; after freeing space, fedsim run --resume {self.run_dir} goes on from it"
+        message = (
+            f"{exc} at simulated time {self.env.now:.3f}s; the run stopped and keeps the files "
+            f"written before{hint}"
+        )
+        return rundir.DiskFullError(message, exc.path)
 
     def _checkpointing(self) -> bool:
         out = self.scenario.output
@@ -611,6 +645,7 @@ class Simulation:
             summary["interrupted_by"] = self.interrupted_by
         if self.checkpoints or self.resumed_from is not None:
             summary["checkpoints"] = self.checkpoints
+            summary["checkpoints_skipped"] = self.checkpoints_skipped
             summary["resumed_from_s"] = self.resumed_from
         if error is not None:
             summary["stop_reason"] = "error"
@@ -625,7 +660,8 @@ class Simulation:
         if self.run_dir is not None:
             text = json.dumps(_jsonable(summary), indent=2)
             tmp = self.run_dir / f".summary.json.tmp-{os.getpid()}"
-            tmp.write_text(text)
+            with rundir.writing(self.run_dir / "summary.json", tmp):
+                tmp.write_text(text)
             os.replace(tmp, self.run_dir / "summary.json")
         result = self._result(events, evals, summary)
         if error is None:

@@ -457,7 +457,7 @@ def test_a_run_takes_its_availability_from_the_scenario_and_resumes_from_a_check
                 "offline": {"dist": "exponential", "mean_s": 10.0},
             },
         },
-        "output": {"checkpoint_every_s": 30.0},
+        "output": {"checkpoint_every_s": 30.0, "checkpoint_max_overhead": None},
     }
     whole = fedsim.run(data, out=tmp_path / "whole")
     rows = whole.events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import signal
 import subprocess
@@ -60,7 +61,8 @@ def _scenario(name: str) -> dict:
     data["eval"] = {"every_s": 10.0}
     if "topology" not in data:  # with one, the topology says how many clients
         data.setdefault("clients", {})["count"] = min(data["clients"].get("count", 100), 40)
-    data["output"] = {"checkpoint_every_s": 25.0, "flush_rows": 64}
+    # Every checkpoint taken (none skipped for its cost), so the test knows where a resume starts.
+    data["output"] = {"checkpoint_every_s": 25.0, "checkpoint_max_overhead": None, "flush_rows": 64}
     return data
 
 
@@ -130,6 +132,46 @@ class Waits(Algorithm):
     def on_arrival(self, job):
         self.record(job, "applied")
 """
+
+
+def test_rows_kept_across_checkpoints_are_spilled_once_and_read_back(tmp_path):
+    """With no trace part written for the whole run, every checkpoint appends only its new rows
+    to the spill file; a stop and resume reads them back (and cuts what came after)."""
+    data = _scenario("fedbuff")
+    data["output"]["flush_rows"] = 1_000_000
+    reference = fedsim.run(data, out=tmp_path / "whole")
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(data, out=out, callbacks=[StopAt(80.0)])
+    parts = out / "events.parquet.parts"
+    assert not list(parts.glob("part-*"))  # stopped as by a kill: no part written
+    spills = list(parts.glob("rows-*.pkl"))
+    assert [p.name for p in spills] == ["rows-00000.pkl"]
+    with spills[0].open("rb") as file:  # one chunk per checkpoint, each with new rows only
+        chunks = []
+        while file.tell() < spills[0].stat().st_size:
+            chunks.append(pickle.load(file))
+    assert len(chunks) == 3 and all(chunks)  # at 25, 50 and 75 s
+    rows = [row for chunk in chunks for row in chunk]
+    assert len(set(rows)) == len(rows)  # no row twice
+    assert [row[0] for row in rows] == sorted(row[0] for row in rows)  # in recording order
+    with spills[0].open("ab") as file:  # bytes after what the last checkpoint knew: cut
+        file.write(b"junk")
+    resumed = fedsim.run(resume=out)
+    assert resumed.summary["updates"] == reference.summary["updates"]
+    _same_files(out, tmp_path / "whole")
+
+
+def test_checkpoints_past_the_overhead_budget_are_skipped(tmp_path):
+    data = _scenario("fedasync")
+    data["output"]["checkpoint_max_overhead"] = 1e-6  # after the first, every one is too dear
+    result = fedsim.run(data, out=tmp_path / "tight")
+    assert result.summary["checkpoints"] == 1 and result.summary["checkpoints_skipped"] == 3
+    data["output"]["checkpoint_max_overhead"] = None
+    result = fedsim.run(data, out=tmp_path / "all")
+    assert result.summary["checkpoints"] == 4 and result.summary["checkpoints_skipped"] == 0
+    with pytest.raises(ScenarioError, match=r"output\.checkpoint_max_overhead"):
+        fedsim.load_scenario({**data, "output": {"checkpoint_max_overhead": 0}})
 
 
 def test_checkpoints_are_refused_for_an_algorithm_that_cannot_save_its_state(tmp_path):

@@ -330,7 +330,10 @@ def test_an_interrupted_cell_with_a_checkpoint_goes_on_from_it(tmp_path, small_l
     equal those of a sweep never interrupted."""
     import fedsim
 
-    base = {**small_learning, "output": {"checkpoint_every_s": 20.0}}
+    base = {
+        **small_learning,
+        "output": {"checkpoint_every_s": 20.0, "checkpoint_max_overhead": None},  # all taken
+    }
     path = write_sweep(tmp_path, base, {"clients.count": [12, 16]})
     whole = tmp_path / "whole"
     run_sweep(path, whole, progress=False)
