@@ -15,9 +15,10 @@ but not yet in a part: each checkpoint appends only the rows new since the previ
 on with those rows. The result equals a run never interrupted (tested after
 SIGKILL at random moments).
 
-Algorithms whose state lives in a running SimPy process (a generator: FedAvg's round loop, the
-periodic and multi-server algorithms) cannot be pickled; :func:`unsupported` names them, and such a
-scenario with checkpoints is refused before it runs.
+Every built-in algorithm but the multi-task ones (``sync_st``, ``fedast``: a trainer per task) is
+driven by callbacks on explicit state. An algorithm whose state lives in a running SimPy process (a
+plugin's generator ``run()``) cannot be pickled; :func:`unsupported` names it, and such a scenario
+with checkpoints is refused before it runs.
 """
 
 from __future__ import annotations
