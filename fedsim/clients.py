@@ -425,8 +425,11 @@ class ClientPool:
             i = 0
             times, clients, states = self._times, self._clients, self._states
         self._cursor = i
-        self._arm_batch()
-        self._react(lost, came)
+        if i < len(times):  # re-arm (_arm_batch, inline)
+            _tick.callbacks = self._tick_callbacks
+            self.env.schedule(_tick, delay=max(times[i] - now, 0.0))
+        if lost or came:
+            self._react(lost, came)
 
     def _switch(self, client: int, state: bool, lost: list[Job], came: list[int]) -> None:
         """``client`` goes online (``state``) or offline now: the idle list, and its job (lost)."""
