@@ -35,6 +35,7 @@ TABLES = {
     "benchmarks/results/geometric_median_tolerance.json": "benchmarks/bench_aggregators.py",
     "benchmarks/results/attacks_aggregators.json": "benchmarks/experiments/attacks_aggregators.py",
     "benchmarks/results/frain_ablations.json": "benchmarks/experiments/frain_ablations.py",
+    "benchmarks/results/pipeline.json": "benchmarks/bench_pipeline.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
 PAGES = {
