@@ -34,6 +34,7 @@ import yaml
 
 from fedsim.errors import ScenarioError, SimulationError
 from fedsim.scenario import Scenario, load_scenario, read_yaml
+from fedsim.sweep_crossing import Registered, crossing, register_in_worker
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -330,6 +331,9 @@ def run_sweep(
     if damaged:
         _report_damaged(damaged, len(sweep.cells), "run again")
     skipped = len(sweep.cells) - len(todo)
+    # Python-registered algorithms go to the workers with each cell; what cannot cross is refused now.
+    in_workers = backend == "ray" or (jobs > 1 and len(todo) > 1)
+    algorithms = crossing((cell.scenario for cell in todo), in_workers=in_workers)
     failed: list[tuple[Cell, str]] = []
     with _progress_bar(sweep, skipped, enabled=progress) as advance:
 
@@ -338,7 +342,7 @@ def run_sweep(
                 failed.append((cell, _error_text(error)))
             advance()
 
-        tasks = [(cell, _task(cell, out, device)) for cell in todo]
+        tasks = [(cell, _task(cell, out, device, algorithms)) for cell in todo]
         if backend == "ray":
             from fedsim.sweep_ray import run_on_ray
 
@@ -358,17 +362,20 @@ def run_sweep(
     return outcome
 
 
-Task = tuple[dict[str, Any], str, str | None]
+Task = tuple[dict[str, Any], str, str | None, Registered]
 
 
-def _task(cell: Cell, out: Path, device: str | None) -> Task:
-    return cell.scenario.to_dict(), str(out / cell.dir), device
+def _task(cell: Cell, out: Path, device: str | None, algorithms: Registered) -> Task:
+    return cell.scenario.to_dict(), str(out / cell.dir), device, algorithms
 
 
-def run_cell(scenario: dict[str, Any], cell_dir: str, device: str | None = None) -> str:
+def run_cell(
+    scenario: dict[str, Any], cell_dir: str, device: str | None = None, algorithms: Registered = ()
+) -> str:
     """Run one cell into ``cell_dir`` with one torch thread; return its scenario hash.
 
-    Module-level and given plain data, so process pools and Ray can ship it to a worker.
+    Module-level and given plain data (and the classes of ``algorithms``, registered in the
+    parent, by reference), so process pools and Ray can ship it to a worker.
     """
     import torch
 
@@ -381,6 +388,7 @@ def run_cell(scenario: dict[str, Any], cell_dir: str, device: str | None = None)
     torch.set_num_threads(1)
     _in_cell = True
     try:
+        register_in_worker(algorithms)
         resolved = load_scenario(scenario)
         if _resumable(Path(cell_dir), resolved.hash()):
             # an interrupted cell with a checkpoint of this very scenario: go on from it
