@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.algorithms.drpga import RateWalk, block_bounds, draw_mask
+from fedsim.algorithms.drpga import BetaRates, RateWalk, block_bounds, draw_mask
 from fedsim.algorithms.modest import (
     aggregators_of,
     candidate_order,
@@ -186,6 +186,33 @@ def test_rate_walk_stays_on_the_grid_and_the_symmetric_walk_is_uniform():
     up = RateWalk(n, 0, 0.4, 0.1, np.random.default_rng(1))
     biased = np.bincount([next(up) for _ in range(20_000)], minlength=n) / 20_000
     assert biased[-1] > 0.5
+
+
+def test_beta_rates_mean_matches_the_floored_beta_mean():
+    # Beta(1, b) has survival (1 - x)^b, so E[max(X, f)] = f + (1 - f)^(b + 1) / (b + 1)
+    a, b, floor, steps = 1.0, 9.0, 0.05, 200_000
+    rates = np.fromiter(BetaRates(a, b, floor, np.random.default_rng(3)), dtype=float, count=steps)
+    assert rates.min() >= floor and rates.max() <= 1
+    analytic = floor + (1 - floor) ** (b + 1) / (b + 1)
+    assert abs(rates.mean() - analytic) < 4 * rates.std() / math.sqrt(steps)
+    # without a floor that binds, the mean is a / (a + b)
+    free = np.fromiter(BetaRates(2.0, 6.0, 1e-9, np.random.default_rng(4)), float, count=steps)
+    assert abs(free.mean() - 0.25) < 4 * free.std() / math.sqrt(steps)
+
+
+def test_drpga_beta_schedule_shares_its_drawn_rates_and_fewer_bytes():
+    cfg = {"name": "drpga", "rate_schedule": "beta", "beta_a": 1.0, "beta_b": 9.0}
+    sim, _ = run_logged(drpga_scenario(cfg, time_s=20.0))
+    alg, events = sim.algorithm, sim.result.events
+    d = sim.spec.numel
+    assert len(set(alg.rate_history)) > 5  # continuous rates, not the grid
+    assert min(alg.rate_history) >= 0.05
+    rows = events[events["status"] == "applied"].sort_values(["client", "job"])
+    for _, client_rows in rows.groupby("client"):
+        rates = alg.rate_history[: len(client_rows)]
+        expected = [math.ceil(p * d - 1e-9) * 4 if p < 1 else d * 4 for p in rates]
+        assert client_rows["bytes_up"].tolist() == expected
+    assert rows["bytes_up"].sum() < 0.3 * len(rows) * d * 4
 
 
 def test_masks_have_the_requested_size():

@@ -59,6 +59,15 @@ class DrpgaConfig(Section):
     """Per-round probability that the rate moves one level up (staying put at the top)."""
     q_down: float = Field(0.25, ge=0, le=1)
     """Per-round probability that the rate moves one level down (staying put at the bottom)."""
+    rate_schedule: Literal["walk", "beta"] = "walk"
+    """How p_t is drawn each round: walk = the ±1 level walk over rates (q_up/q_down; the schedule
+    inferred from the paper's abstract, mean 42.5 % of the parameters with the defaults); beta = a
+    fedsim addition biased toward low rates, p_t ~ Beta(beta_a, beta_b) drawn afresh each round and
+    raised to at least rates[0] (mean beta_a / (beta_a + beta_b) before that floor)."""
+    beta_a: float = Field(1.0, gt=0)
+    """Beta shape a of rate_schedule: beta (a < b pulls the rates toward 0)."""
+    beta_b: float = Field(9.0, gt=0)
+    """Beta shape b of rate_schedule: beta (the defaults 1, 9 give a mean rate of 10 %)."""
     delay_rounds: NonNegativeInt = 1
     """D: the average of round t is applied before job t + D + 1, so communication overlaps D jobs
     (D·K local steps) of computation; 0 = wait for it before the next job (no overlap)."""
@@ -180,6 +189,20 @@ class _Round:
         self.average: torch.Tensor | None = None
 
 
+class BetaRates:
+    """Update rates of rate_schedule: beta, one per round (an iterator): p_t ~ Beta(a, b) drawn
+    independently each round, floored at ``floor`` (so no round shares nothing)."""
+
+    def __init__(self, a: float, b: float, floor: float, rng: np.random.Generator) -> None:
+        self.a, self.b, self.floor, self.rng = a, b, floor, rng
+
+    def __iter__(self) -> BetaRates:
+        return self
+
+    def __next__(self) -> float:
+        return max(float(self.rng.beta(self.a, self.b)), self.floor)
+
+
 class Drpga(Algorithm):
     name = "drpga"
     config_class = DrpgaConfig
@@ -210,6 +233,13 @@ class Drpga(Algorithm):
             config.q_down,
             ctx.streams.generator("drpga.rate"),
         )
+        self._beta = (
+            BetaRates(
+                config.beta_a, config.beta_b, config.rates[0], ctx.streams.generator("drpga.rate")
+            )
+            if config.rate_schedule == "beta"
+            else None
+        )
         self.rounds: dict[int, _Round] = {}
         self.rate_history: list[float] = []
         initial = self.server.params
@@ -227,8 +257,10 @@ class Drpga(Algorithm):
     def round_info(self, t: int) -> _Round:
         """Round ``t``'s rate and mask, drawn in round order (so the same for every client)."""
         while len(self.rate_history) < t:
-            level = next(self._levels)
-            self.rate_history.append(self.config.rates[level])
+            if self._beta is not None:
+                self.rate_history.append(next(self._beta))
+            else:
+                self.rate_history.append(self.config.rates[next(self._levels)])
         info = self.rounds.get(t)
         if info is None:
             rate = self.rate_history[t - 1]
