@@ -138,6 +138,10 @@ class FedAst(MultiTaskAlgorithm):
         """(time, R_m per task) at the start, after every reallocation and every task completion."""
         self.mean_dispersion: list[tuple[float, tuple[float, ...]]] = []
         """(time, mean dispersion per task) used by each reallocation."""
+        self.largest_buffer = [0] * n
+        """Most deltas merged by one server step, per task (1 throughout: buffering never used)."""
+        self.requests_moved = 0
+        """Requests Realloc took from one task and gave another, summed over reallocations."""
 
     def _buffer_size(self, active: int) -> int:
         cfg = self.config
@@ -178,6 +182,7 @@ class FedAst(MultiTaskAlgorithm):
             self.buffers[m].append((job, delta))
             if len(self.buffers[m]) >= self.buffer_size[m]:
                 buffer, self.buffers[m] = self.buffers[m], []
+                self.largest_buffer[m] = max(self.largest_buffer[m], len(buffer))
                 self.server_step(task, [d for _, d in buffer])
                 stepped = True
         self._refill(task, stepped)
@@ -236,6 +241,7 @@ class FedAst(MultiTaskAlgorithm):
         new = reallocate(means, cfg.concurrency, cfg.unit, active)
         if new is None:
             return
+        self.requests_moved += sum(max(0, r - old) for r, old in zip(new, self.target, strict=True))
         self.target = new
         self.mean_dispersion.append((self.now, tuple(means)))
         self.allocations.append((self.now, tuple(new)))
@@ -262,4 +268,6 @@ class FedAst(MultiTaskAlgorithm):
     def summary_extra(self) -> dict[str, Any]:
         out = super().summary_extra()
         out["allocations"] = [{"time_s": t, "requests": list(r)} for t, r in self.allocations]
+        out["largest_buffer"] = list(self.largest_buffer)
+        out["requests_moved"] = self.requests_moved
         return out
