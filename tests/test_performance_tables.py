@@ -36,6 +36,7 @@ TABLES = {
     "benchmarks/results/attacks_aggregators.json": "benchmarks/experiments/attacks_aggregators.py",
     "benchmarks/results/frain_ablations.json": "benchmarks/experiments/frain_ablations.py",
     "benchmarks/results/pipeline.json": "benchmarks/bench_pipeline.py",
+    "benchmarks/results/fedast_buffers.json": "benchmarks/experiments/fedast_buffers.py",
     "benchmarks/results/drpga_frontier.json": "benchmarks/experiments/drpga_frontier.py",
 }
 """results file → benchmark script with ``table(results) -> str``."""
@@ -50,6 +51,7 @@ PAGES = {
     "benchmarks/results/geometric_median_tolerance.json": ROOT / "docs" / "robustness.md",
     "benchmarks/results/attacks_aggregators.json": ROOT / "docs" / "robustness.md",
     "benchmarks/results/frain_ablations.json": ROOT / "docs" / "experiments.md",
+    "benchmarks/results/fedast_buffers.json": ROOT / "docs" / "experiments.md",
     "benchmarks/results/drpga_frontier.json": ROOT / "docs" / "experiments.md",
 }
 """Tables that live on another page than docs/performance.md."""
