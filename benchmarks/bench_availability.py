@@ -15,14 +15,15 @@ switch per four jobs).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import fedsim
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_io
 
 COMMAND = "python benchmarks/bench_availability.py --out benchmarks/results/availability.json"
 CLIENTS = 100_000
@@ -104,29 +105,22 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path)
+    parser = results_io.parser(__doc__)
     parser.add_argument("--updates", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--table", type=Path, help="print the table of a results file and exit")
     args = parser.parse_args()
-    if args.table:
-        print(table(json.loads(args.table.read_text())))
+    if results_io.reprint(args, table):
         return
     rows = measure(args.updates, args.repeats)
-    results = {
-        "command": COMMAND,
-        "clients": CLIENTS,
-        "updates": args.updates,
-        "repeats": args.repeats,
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average": os.getloadavg(),
-        "rows": rows,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    results_io.write(
+        args,
+        table,
+        rows,
+        command=COMMAND,
+        clients=CLIENTS,
+        updates=args.updates,
+        repeats=args.repeats,
+    )
 
 
 if __name__ == "__main__":

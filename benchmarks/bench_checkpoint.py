@@ -10,16 +10,18 @@ of the medians. The issue's goal: at most 5 % more wall time.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import fedsim
 from fedsim.checkpoint import unsupported
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_io
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"stop.time_s": 240.0}
@@ -108,26 +110,13 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path)
+    parser = results_io.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--table", type=Path, help="print the table of a results file and exit")
     args = parser.parse_args()
-    if args.table:
-        print(table(json.loads(args.table.read_text())))
+    if results_io.reprint(args, table):
         return
     rows = measure(args.repeats)
-    results = {
-        "command": COMMAND,
-        "repeats": args.repeats,
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average": os.getloadavg(),
-        "rows": rows,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    results_io.write(args, table, rows, command=COMMAND, repeats=args.repeats)
 
 
 if __name__ == "__main__":

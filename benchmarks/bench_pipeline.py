@@ -14,11 +14,9 @@ sum, ``params + lr * step``), so the pipeline's overhead is part of this share, 
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +24,9 @@ import torch
 
 import fedsim
 from fedsim.algorithms.base import Algorithm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_io
 
 COMMAND = "python benchmarks/bench_pipeline.py --out benchmarks/results/pipeline.json"
 SCENARIOS = (
@@ -123,31 +124,24 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path)
+    parser = results_io.parser(__doc__)
     parser.add_argument("--time-s", type=float, default=120.0, help="simulated seconds per run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
-    parser.add_argument("--table", type=Path, help="print the table of a results file and exit")
     args = parser.parse_args()
-    if args.table:
-        print(table(json.loads(args.table.read_text())))
+    if results_io.reprint(args, table):
         return
     torch.set_num_threads(1)
     rows = measure(args.scenarios, args.time_s, args.repeats)
-    results = {
-        "command": COMMAND,
-        "time_s": args.time_s,
-        "repeats": args.repeats,
-        "threads": 1,
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average": os.getloadavg(),
-        "rows": rows,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    results_io.write(
+        args,
+        table,
+        rows,
+        command=COMMAND,
+        time_s=args.time_s,
+        repeats=args.repeats,
+        threads=1,
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ with exit 2 and leaves the first run whole; a damaged part is skipped and every 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import signal
 import subprocess
@@ -30,6 +28,9 @@ import pandas as pd
 import yaml
 
 from fedsim.simulation import Result
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_io
 
 SCENARIO = {
     "name": "faults",
@@ -183,25 +184,12 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path)
+    parser = results_io.parser(__doc__)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--table", type=Path, help="print the table of a results file and exit")
     args = parser.parse_args()
-    if args.table:
-        print(table(json.loads(args.table.read_text())))
+    if results_io.reprint(args, table):
         return
-    results = {
-        "command": COMMAND,
-        "seed": args.seed,
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average": os.getloadavg(),
-        "rows": run_trials(args.seed),
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    results_io.write(args, table, run_trials(args.seed), command=COMMAND, seed=args.seed)
 
 
 if __name__ == "__main__":
