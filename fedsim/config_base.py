@@ -141,3 +141,11 @@ class DefaultTag:
         if "oneOf" in schema:
             schema = {("anyOf" if key == "oneOf" else key): value for key, value in schema.items()}
         return schema
+
+
+def betas_in_range(betas: tuple[float, float]) -> tuple[float, float]:
+    """Adam-style moment decays (β1, β2) must each be in [0, 1): the local optimiser's and the
+    server optimiser's share this rule."""
+    if not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"each of betas must be in [0, 1), got {list(betas)}")
+    return betas

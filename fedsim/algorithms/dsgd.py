@@ -52,7 +52,7 @@ from fedsim.algorithms.base import EvalTarget
 from fedsim.algorithms.context import AlgorithmContext
 from fedsim.algorithms.gossip import RSchedule, random_r_matrix, received_mixing, received_row
 from fedsim.algorithms.multiserver import MultiServerAlgorithm, store_message
-from fedsim.algorithms.schedule import start_soon
+from fedsim.algorithms.schedule import call_now, start_soon
 from fedsim.checks import needs_topology
 from fedsim.clients import Job
 from fedsim.config_base import Section
@@ -520,11 +520,7 @@ class DSGD(MultiServerAlgorithm):
 
 def _at_end_of_instant(env: simpy.Environment, callback: Callable[[simpy.Event], None]) -> None:
     """Run ``callback`` after every other event of the current simulated time."""
-    event = simpy.Event(env)
-    event._ok = True
-    event._value = None
-    event.callbacks.append(callback)
-    env.schedule(event, priority=END_OF_INSTANT)
+    call_now(env, callback, priority=END_OF_INSTANT)
 
 
 class _Peer:

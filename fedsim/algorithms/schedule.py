@@ -17,8 +17,17 @@ from simpy.events import URGENT
 
 def start_soon(env: simpy.Environment, callback: Callable[[simpy.Event], None]) -> None:
     """Run ``callback`` when a SimPy process started now would take its first step."""
+    call_now(env, callback, priority=URGENT)
+
+
+def call_now(
+    env: simpy.Environment, callback: Callable[[simpy.Event], None], *, priority: int
+) -> None:
+    """Run ``callback`` at the current simulated time, ordered among that time's events by
+    ``priority`` (SimPy's: URGENT before normal events, larger numbers after them), without a
+    process (callbacks, unlike generators, can be checkpointed)."""
     event = simpy.Event(env)
     event._ok = True
     event._value = None
     event.callbacks.append(callback)
-    env.schedule(event, priority=URGENT)
+    env.schedule(event, priority=priority)

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveFloat, field_validator, model_validator
 
-from fedsim.config_base import Section
+from fedsim.config_base import Section, betas_in_range
 
 ServerOptName = Literal["sgd", "momentum", "nesterov", "adam", "yogi", "adagrad"]
 ADAPTIVE = ("adam", "yogi", "adagrad")
@@ -64,9 +64,7 @@ class ServerOptimizerConfig(Section):
     @field_validator("betas")
     @classmethod
     def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"each of betas must be in [0, 1), got {list(betas)}")
-        return betas
+        return betas_in_range(betas)
 
     @model_validator(mode="after")
     def _keys_of_this_optimizer(self) -> ServerOptimizerConfig:

@@ -22,7 +22,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.config_base import Section
+from fedsim.config_base import Section, betas_in_range
 from fedsim.learning.data import FederatedData
 from fedsim.learning.models import loss_for
 from fedsim.learning.optim import LocalOptimizer
@@ -70,9 +70,7 @@ class TrainingConfig(Section):
     @field_validator("betas")
     @classmethod
     def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"each of betas must be in [0, 1), got {list(betas)}")
-        return betas
+        return betas_in_range(betas)
 
     @model_validator(mode="after")
     def _momentum_is_sgds(self) -> TrainingConfig:
